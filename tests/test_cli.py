@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+
+from scorer import __version__
+from scorer.cli import main
+
+
+@pytest.fixture
+def reviews(tmp_path):
+    path = tmp_path / "reviews.csv"
+    pl.DataFrame(
+        {
+            "Title": ["Great", "Meh", None, "Great"],
+            "Review Text": ["love it, love it", "runs small", "love the color", None],
+            "Rating": [5, 3, 4, 5],
+        }
+    ).write_csv(path)
+    return path
+
+
+def test_version_and_help(capsys) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"scorer {__version__}"
+    assert main(["--help"]) == 0
+    assert "vocab" in capsys.readouterr().out
+
+
+def test_vocab_command_writes_vocab_and_summary(tmp_path, reviews, capsys) -> None:
+    out = tmp_path / "vocab.json"
+    assert main(["vocab", str(reviews), "--out", str(out), "--min-count", "2"]) == 0
+    summary = capsys.readouterr().out
+    assert summary.startswith("vocab: 6 tokens from 4 of 4 rows (14 tokens")
+    assert json.loads(out.read_text())["tokens"] == ["<pad>", "<unk>", "love", " ", "great", "it"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--text-col", "body"], "no column 'body'; columns are: 'Title', 'Review Text', 'Rating'"),
+        (["--min-count", "0"], "--min-count must be >= 1"),
+    ],
+)
+def test_user_errors_are_one_line_exit_1(tmp_path, reviews, capsys, args, message) -> None:
+    out = tmp_path / "vocab.json"
+    assert main(["vocab", str(reviews), "--out", str(out), *args]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_console_script_exit_codes(tmp_path) -> None:
+    run = [sys.executable, "-m", "scorer", "vocab", str(tmp_path / "none.csv"), "--out", "x"]
+    done = subprocess.run(run, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.strip().endswith("none.csv: no such file")
+    usage = subprocess.run(
+        [sys.executable, "-m", "scorer", "vocab"], capture_output=True, text=True
+    )
+    assert usage.returncode == 1 and "Missing argument" in usage.stderr

@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import string
+
+import polars as pl
+import pytest
+import spacy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scorer.data import read_table, read_texts
+from scorer.specials import load_specials, specials_from_spacy
+from scorer.text import clean, clean_expr, tokenize
+
+SPACY = spacy.blank("en").tokenizer
+
+
+def spacy_tokens(text: str | None) -> list[str]:
+    return [t.text for t in SPACY(clean(text or ""))]
+
+
+@pytest.mark.parametrize(
+    ("raw", "cleaned"),
+    [
+        ("Hello, World!", "hello  world "),
+        ("caf\u00e9\u00e9 ok", "caf  ok"),
+        ("emoji \U0001f600\U0001f600 x", "emoji   x"),
+        ("a\r\nb\tc", "a  b c"),
+        ("size 12-14", "size      "),
+        ("", ""),
+        ("\x0bkeep\x1c", "\x0bkeep\x1c"),
+    ],
+)
+def test_clean_table(raw: str, cleaned: str) -> None:
+    assert clean(raw) == cleaned
+
+
+@pytest.mark.parametrize(
+    ("raw", "tokens"),
+    [
+        ("a  b", ["a", " ", "b"]),
+        ("  a", ["  ", "a"]),
+        ("a ", ["a"]),
+        ("a   ", ["a", "  "]),
+        (" ", [" "]),
+        ("", []),
+        (None, []),
+        ("I don't know, I cannot!", ["i", "don", "t", "know", " ", "i", "can", "not"]),
+        ("dont cant", ["do", "nt", "ca", "nt"]),
+        ("Gonna LOVE it", ["gon", "na", "love", "it"]),
+        ("a\x0b b", ["a", "\x0b ", "b"]),
+        ("a \x0c\x1f b", ["a", "\x0c\x1f ", "b"]),
+        ("x\x01y", ["x\x01y"]),
+        ("\U0001f600", [" "]),
+    ],
+)
+def test_tokenize_table(raw: str | None, tokens: list[str]) -> None:
+    assert tokenize([raw]) == [tokens]
+    assert spacy_tokens(raw) == tokens
+
+
+def test_drop_whitespace_keeps_only_words() -> None:
+    texts = ["a  b", "  dont ", "\x0b\x0c", "", None]
+    assert tokenize(texts, keep_whitespace=False) == [["a", "b"], ["do", "nt"], [], [], []]
+
+
+# Every kind of character cleaning and spaCy treat specially, plus letters and specials.
+_CHARS = st.sampled_from(
+    list(string.ascii_letters[:8] + "XYZ")
+    + list(string.punctuation[:12] + string.digits[:3])
+    + [" ", " ", " ", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1f", "\x00", "\x01", "\x7f"]
+    + ["\u00e9", "\u00a0", "\u2014", "\U0001f600", "\u0085", "\u3000"]
+)
+_WORDS = st.sampled_from(["dont", "Cannot", "gonna", "im", "its", "cant've", "y'all", "lets"])
+_TEXT = st.lists(st.one_of(_CHARS, _WORDS, _CHARS), max_size=25).map("".join)
+
+
+@settings(max_examples=400)
+@given(st.lists(st.one_of(_TEXT, st.none(), st.text(max_size=30)), min_size=25, max_size=40))
+def test_tokenize_matches_spacy_on_generated_batches(texts: list[str | None]) -> None:
+    # 400 batches of >= 25 strings: over 10,000 generated strings per run.
+    assert tokenize(texts) == [spacy_tokens(t) for t in texts]
+
+
+@settings(max_examples=300)
+@given(st.lists(st.one_of(_TEXT, st.text(max_size=40), st.none()), max_size=20))
+def test_clean_expr_matches_clean(texts: list[str | None]) -> None:
+    got = pl.Series(texts, dtype=pl.String).to_frame("t").select(clean_expr(pl.col("t")))
+    assert got.to_series().to_list() == [clean(t or "") for t in texts]
+
+
+def test_huge_review_and_odd_input() -> None:
+    big = ("Lovely dress, don't miss it! " * 180_000)[:5_000_000]
+    odd = ["\U0001f600" * 10, "\x00\x01\x02", "\u200b\ufeff", "", None]
+    tokens = tokenize([big, *odd])
+    assert tokens[0][:5] == ["lovely", "dress", " ", "don", "t"]
+    assert len(tokens[0]) > 1_000_000
+    assert tokens[1:] == [spacy_tokens(t) for t in odd]
+    assert tokens[-2:] == [[], []]
+
+
+def test_shipped_special_cases_match_installed_spacy() -> None:
+    table, _ = specials_from_spacy()
+    assert {k: tuple(v) for k, v in table.items()} == load_specials()
+    assert len(table) > 100
+
+
+@pytest.mark.slow
+def test_parity_on_every_reference_review(reference_data) -> None:
+    reviews, _ = reference_data
+    texts = read_texts(read_table(reviews), ["Title", "Review Text"], reviews).to_list()
+    assert len(texts) == 23_486
+    mismatched = [i for i, toks in enumerate(tokenize(texts)) if toks != spacy_tokens(texts[i])]
+    assert mismatched == []
