@@ -72,6 +72,104 @@ def vocab_command(
     typer.echo(summary.line())
 
 
+@app.command("train")
+def train_command(
+    data: Annotated[Path, typer.Argument(help="Labelled reviews: CSV, Parquet or NDJSON.")],
+    out: Annotated[Path, typer.Option("--out", help="Model directory to create.")],
+    text_col: TextCols = None,
+    label_col: Annotated[str, typer.Option(help="Rating column (whole numbers).")] = "Rating",
+    split_file: Annotated[
+        Path | None, typer.Option(help="row,split file (train/val/test); else seeded 80/10/10.")
+    ] = None,
+    variant: Annotated[
+        str | None, typer.Option(help="fixed | packed | vectors | regression.")
+    ] = None,
+    vectors: Annotated[
+        Path | None, typer.Option(help="GloVe-format vectors (for --variant vectors).")
+    ] = None,
+    reference: Annotated[
+        bool, typer.Option("--reference", help="Use the reference recipe's sizes and settings.")
+    ] = False,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="JSON file with any of these options.")
+    ] = None,
+    bidirectional: Annotated[bool | None, typer.Option("--bidirectional/--unidirectional")] = None,
+    layers: Annotated[int | None, typer.Option()] = None,
+    embedding_dim: Annotated[int | None, typer.Option()] = None,
+    hidden_dim: Annotated[int | None, typer.Option()] = None,
+    pooling: Annotated[str | None, typer.Option(help="last | last+max.")] = None,
+    dropout: Annotated[float | None, typer.Option()] = None,
+    max_len: Annotated[int | None, typer.Option()] = None,
+    min_count: Annotated[int | None, typer.Option()] = None,
+    keep_whitespace: Annotated[
+        bool | None, typer.Option("--keep-whitespace/--drop-whitespace")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option()] = None,
+    weight_decay: Annotated[float | None, typer.Option()] = None,
+    patience: Annotated[int | None, typer.Option(help="Epochs without val improvement.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda.")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto | fp32 | bf16 | fp16.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+) -> None:
+    """Train a rating model; epochs are chosen on validation, test is scored once."""
+    from scorer.data import DEFAULT_TEXT_COLUMNS
+    from scorer.presets import resolve
+    from scorer.train import TrainJob, train_model
+
+    options = {k: v for k, v in locals().items() if k not in _TRAIN_NON_OPTIONS}
+    model_cfg, tokenizer, train_cfg = resolve(options, reference=reference, config_file=config)
+    job = TrainJob(
+        data=data,
+        out=out,
+        model=model_cfg,
+        tokenizer=tokenizer,
+        train=train_cfg,
+        text_columns=tuple(text_col or DEFAULT_TEXT_COLUMNS),
+        label_column=label_col,
+        split_file=split_file,
+        vectors=vectors,
+        overwrite=overwrite,
+    )
+    typer.echo(train_model(job).line())
+
+
+@app.command("export")
+def export_command(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory from `scorer train`.")],
+    out: Annotated[
+        Path | None, typer.Option(help="ONNX file to write (default MODEL_DIR/model.onnx).")
+    ] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Also write model.int8.onnx (CPU hosts).")
+    ] = False,
+    fp16: Annotated[
+        bool, typer.Option("--fp16", help="Also write model.fp16.onnx (CUDA hosts).")
+    ] = False,
+) -> None:
+    """Export to ONNX (dynamic batch and sequence axes) and validate it against PyTorch."""
+    from export.onnx_export import export_model
+
+    typer.echo(export_model(model_dir, out, opset=opset, int8=int8, fp16=fp16).line())
+
+
+_TRAIN_NON_OPTIONS = {
+    "data",
+    "out",
+    "text_col",
+    "label_col",
+    "split_file",
+    "vectors",
+    "reference",
+    "config",
+    "overwrite",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit code (and exits with it when run as a script)."""
     try:

@@ -1,0 +1,149 @@
+"""An export-friendly twin of ``ReviewLSTM`` with exact variable-length semantics.
+
+``pack_padded_sequence`` does not export well (``enforce_sorted=False`` bakes the example
+batch size into the graph, and onnxruntime's CUDA LSTM wants ``sequence_lens`` on the host).
+Instead, for a packed model:
+
+* the forward direction runs over the right-padded batch and is read at ``length - 1``
+  (padding comes after the real tokens, so it cannot affect that step);
+* the backward direction runs over each review reversed *within its length* (a gather), so
+  it too starts at the real last token; its outputs are un-reversed with the same gather.
+
+Each direction of each layer is a single-direction, time-major ``nn.LSTM`` (ONNX ``LSTM`` with
+``layout=0``, which every onnxruntime provider accepts). The export's validation checks this
+against the PyTorch model with ``pack_padded_sequence`` on a grid of shapes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from scorer.model import ReviewLSTM
+
+
+def _single_direction(lstm: nn.LSTM, layer: int, reverse: bool) -> nn.LSTM:
+    suffix = f"_l{layer}" + ("_reverse" if reverse else "")
+    weight_ih = getattr(lstm, f"weight_ih{suffix}")
+    cell = nn.LSTM(weight_ih.shape[1], lstm.hidden_size)
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, f"{name}_l0").copy_(getattr(lstm, f"{name}{suffix}"))
+    return cell
+
+
+class RatingOutputs(nn.Module):
+    """(probs [B, K], expected_rating [B]) from logits, or from a regression value."""
+
+    def __init__(self, labels: tuple[float, ...], regression: bool) -> None:
+        super().__init__()
+        values = torch.tensor(labels, dtype=torch.float32)
+        # Gaps to the neighbouring labels; a huge gap past either end keeps p there at 1.
+        far = torch.full((1,), 1e30)
+        gaps = values[1:] - values[:-1]
+        self.regression = regression
+        self.register_buffer("values", values)
+        self.register_buffer("left", torch.cat([far, gaps]))
+        self.register_buffer("right", torch.cat([gaps, far]))
+        self.low, self.high = float(values[0]), float(values[-1])
+
+    def forward(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.regression:
+            probs = torch.softmax(output.float(), dim=1)
+            return probs, probs @ self.values
+        value = torch.clamp(output.float(), self.low, self.high)
+        # Piecewise-linear weights on the two labels around the value: sum_k p_k v_k == value.
+        delta = value[:, None] - self.values[None, :]
+        distance = torch.where(delta <= 0, -delta / self.left, delta / self.right)
+        return torch.relu(1.0 - distance), value
+
+
+class InferenceGraph(nn.Module):
+    """(input_ids [B, T] int32, lengths [B] int64) -> (probs [B, K], expected_rating [B])."""
+
+    def __init__(self, model: ReviewLSTM, labels: tuple[float, ...], max_len: int) -> None:
+        super().__init__()
+        config = model.config
+        self.config = config
+        self.max_len = max_len
+        self.embedding = model.embedding
+        self.head = model.head
+        self.outputs = RatingOutputs(labels, config.regression)
+        self.fixed_lstm = None if config.packed else model.lstm
+        directions = (False, True) if config.bidirectional else (False,)
+        self.cells = nn.ModuleList(
+            nn.ModuleList(_single_direction(model.lstm, layer, rev) for rev in directions)
+            for layer in range(config.layers)
+        )
+        self.eval()
+
+    def forward(
+        self, input_ids: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = input_ids
+        if self.fixed_lstm is not None:
+            # A fixed-length model always reads exactly max_len steps, padding included.
+            ids = ids[:, : self.max_len]
+            ids = nn.functional.pad(ids, (0, self.max_len - ids.shape[1]))
+        steps = ids.shape[1]
+        lengths = torch.clamp(lengths, 1, steps)
+        x = self.embedding(ids.long()).transpose(0, 1)  # [T, B, E]
+        if self.fixed_lstm is not None:
+            features = self._fixed_features(x, lengths, steps)
+        else:
+            features = self._packed_features(x, lengths, steps)
+        output = self.head(features)
+        if self.config.regression:
+            output = output.squeeze(-1)
+        return self.outputs(output)
+
+    def _fixed_features(self, x: torch.Tensor, lengths: torch.Tensor, steps: int) -> torch.Tensor:
+        lstm = self.fixed_lstm
+        assert lstm is not None
+        out, (h, _) = lstm(x.transpose(0, 1))
+        last = torch.cat([h[-2], h[-1]], dim=1) if self.config.bidirectional else h[-1]
+        if self.config.pooling == "last":
+            return last
+        return torch.cat([last, _masked_max(out.transpose(0, 1), lengths, steps)], dim=1)
+
+    def _packed_features(self, x: torch.Tensor, lengths: torch.Tensor, steps: int) -> torch.Tensor:
+        time = torch.arange(steps, device=x.device)[:, None]
+        # Reverses each column within its length; applying it twice is the identity.
+        reverse = torch.where(time < lengths[None, :], lengths[None, :] - 1 - time, time)
+        last_step = (lengths - 1)[None, :, None]
+        finals: list[torch.Tensor] = []
+        for directions in self.cells:
+            outputs, finals = [], []
+            for cell, backward in zip(directions, (False, True), strict=False):
+                source = _gather_time(x, reverse) if backward else x
+                out, _ = cell(source)
+                finals.append(out.gather(0, last_step.expand(1, -1, out.shape[2])).squeeze(0))
+                outputs.append(_gather_time(out, reverse) if backward else out)
+            x = torch.cat(outputs, dim=2)
+        last = torch.cat(finals, dim=1)
+        if self.config.pooling == "last":
+            return last
+        return torch.cat([last, _masked_max(x, lengths, steps)], dim=1)
+
+
+def _gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return x.gather(0, index[:, :, None].expand(-1, -1, x.shape[2]))
+
+
+def _masked_max(out: torch.Tensor, lengths: torch.Tensor, steps: int) -> torch.Tensor:
+    """Max over time [T, B, D] -> [B, D], over each column's first ``length`` steps only."""
+    valid = torch.arange(steps, device=out.device)[:, None] < lengths[None, :]
+    return out.masked_fill(~valid[:, :, None], float("-inf")).amax(dim=0)
+
+
+class ReferenceOutputs(nn.Module):
+    """The trained PyTorch model (with pack_padded_sequence) plus the same output head."""
+
+    def __init__(self, model: ReviewLSTM, labels: tuple[float, ...]) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.outputs = RatingOutputs(labels, model.config.regression)
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor):
+        return self.outputs(self.model(input_ids.long(), lengths))

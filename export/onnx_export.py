@@ -1,0 +1,184 @@
+"""`scorer export`: write ``model.onnx`` (plus optional int8 / fp16 twins), then validate it."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.contract import (
+    DYNAMIC_AXES,
+    INPUTS,
+    META_CARD,
+    META_FORMAT_VERSION,
+    META_PRECISION,
+    META_VOCAB_SHA256,
+    OUTPUTS,
+)
+from export.validate import ValidationReport, validate_against_torch
+from scorer.errors import UserError
+from scorer.io import atomic_path
+from scorer.model_dir import ONNX, ModelDir
+
+DEFAULT_OPSET = 17
+INT8_NAME = "model.int8.onnx"
+FP16_NAME = "model.fp16.onnx"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    report: ValidationReport
+    extras: dict[str, Path]
+    seconds: float
+
+    def line(self) -> str:
+        extras = "".join(f", {name} -> {path.name}" for name, path in self.extras.items())
+        return f"exported {self.path} in {self.seconds:.1f}s; {self.report.line()}{extras}"
+
+
+def _torch_export(graph, path: Path, opset: int) -> None:
+    import torch
+
+    example_ids = torch.ones((2, 5), dtype=torch.int32)
+    example_lengths = torch.tensor([5, 3], dtype=torch.int64)
+    # The TorchScript exporter keeps the LSTM's time axis dynamic (the dynamo exporter has
+    # specialized it), and pack_padded_sequence is never traced (see export.graph).
+    with warnings.catch_warnings():
+        # torch warns that exporting an RNN with a batch size other than 1 is batch-specific;
+        # the validation grid (batch 1 to 1000) is what proves otherwise.
+        warnings.simplefilter("ignore", UserWarning)
+        # ...and that the TorchScript exporter is legacy: we choose it on purpose (above).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _export(graph, example_ids, example_lengths, path, opset)
+
+
+def _export(graph, example_ids, example_lengths, path: Path, opset: int) -> None:
+    import torch
+
+    torch.onnx.export(
+        graph,
+        (example_ids, example_lengths),
+        str(path),
+        input_names=[t.name for t in INPUTS],
+        output_names=[t.name for t in OUTPUTS],
+        dynamic_axes=DYNAMIC_AXES,
+        opset_version=opset,
+        dynamo=False,
+        do_constant_folding=True,
+    )
+
+
+def _stamp_metadata(path: Path, model_dir: ModelDir, precision: str) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    _declare_all_inputs(model)
+    meta = {
+        META_CARD: model_dir.card.to_json(),
+        META_VOCAB_SHA256: model_dir.card.vocab_sha256,
+        META_FORMAT_VERSION: str(model_dir.card.format_version),
+        META_PRECISION: precision,
+    }
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.producer_name = "scorer"
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+
+
+def _declare_all_inputs(model) -> None:
+    """Keep every contract input, even one a variant ignores (a fixed-length model with
+    last-state pooling never reads ``lengths``, and the tracer drops unused inputs)."""
+    from onnx import helper
+
+    present = {i.name for i in model.graph.input}
+    for tensor in INPUTS:
+        if tensor.name not in present:
+            elem = helper.np_dtype_to_tensor_dtype(np.dtype(tensor.dtype))
+            model.graph.input.append(
+                helper.make_tensor_value_info(tensor.name, elem, list(tensor.axes))
+            )
+
+
+def export_model(
+    model_dir_path: Path,
+    out: Path | None = None,
+    *,
+    opset: int = DEFAULT_OPSET,
+    int8: bool = False,
+    fp16: bool = False,
+) -> ExportResult:
+    """Export, stamp metadata, run onnx.checker and the numeric validation grid.
+
+    Nothing is left at ``out`` unless every check passed.
+    """
+    from export.graph import InferenceGraph
+
+    start = time.perf_counter()
+    model_dir = ModelDir.open(model_dir_path)
+    model = model_dir.load_model()
+    card = model_dir.card
+    target = Path(out) if out else model_dir.path / ONNX
+    if not target.parent.is_dir():
+        raise UserError(f"{target.parent} does not exist")
+    graph = InferenceGraph(model, card.labels, card.tokenizer.max_len)
+    with atomic_path(target) as tmp:
+        _torch_export(graph, tmp, opset)
+        _stamp_metadata(tmp, model_dir, "fp32")
+        report = validate_against_torch(tmp, model, card)
+        if not report.passed:
+            raise UserError(f"exported model failed validation: {report.line()}")
+    extras: dict[str, Path] = {}
+    if int8:
+        extras["int8"] = quantize_int8(target, target.with_name(INT8_NAME), model_dir)
+    if fp16:
+        extras["fp16"] = convert_fp16(target, target.with_name(FP16_NAME), model_dir)
+    return ExportResult(target, report, extras, time.perf_counter() - start)
+
+
+def quantize_int8(source: Path, target: Path, model_dir: ModelDir) -> Path:
+    """onnxruntime dynamic quantization (int8 weights for LSTM and MatMul) for CPU hosts."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with atomic_path(target) as tmp:
+        quantize_dynamic(
+            str(source),
+            str(tmp),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["LSTM", "MatMul", "Gemm"],
+        )
+        _stamp_metadata(tmp, model_dir, "int8")
+    return target
+
+
+def convert_fp16(source: Path, target: Path, model_dir: ModelDir) -> Path:
+    """Half-precision weights and activations with float32 inputs/outputs, for CUDA hosts."""
+    import onnx
+
+    try:
+        from onnxconverter_common import float16
+    except ImportError:
+        raise UserError("--fp16 needs the package onnxconverter-common (pip install it)") from None
+    model = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    with atomic_path(target) as tmp:
+        onnx.save(model, str(tmp))
+        _stamp_metadata(tmp, model_dir, "fp16")
+    return target
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def card_from_metadata(meta: dict[str, str]) -> dict:
+    return json.loads(meta[META_CARD])

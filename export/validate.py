@@ -1,0 +1,99 @@
+"""Numeric validation of an exported model against PyTorch over a grid of shapes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from scorer.config import ModelCard
+
+BATCHES = (1, 3, 64, 1000)
+TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    cases: int
+    worst_diff: float
+    worst_case: str
+    argmax_mismatches: int
+    tolerance: float
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def line(self) -> str:
+        verdict = "passed" if self.passed else "FAILED"
+        return (
+            f"validation {verdict}: {self.cases} shape cases, worst |probs diff| "
+            f"{self.worst_diff:.2e} ({self.worst_case}), {self.argmax_mismatches} argmax "
+            f"differences (tolerance {self.tolerance:g})"
+        )
+
+
+def length_cases(max_len: int, rng: np.random.Generator) -> dict[str, object]:
+    """Named length patterns: constant lengths, and a mix from 1 to max_len."""
+    fixed = sorted({1, 2, min(17, max_len), max_len})
+    cases: dict[str, object] = {f"len={n}": n for n in fixed}
+    cases["mixed"] = lambda batch: rng.integers(1, max_len + 1, size=batch)
+    return cases
+
+
+def make_batch(
+    batch: int, lengths, vocab_size: int, max_len: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    lens = np.asarray(lengths(batch) if callable(lengths) else np.full(batch, lengths), np.int64)
+    width = int(lens.max())
+    ids = rng.integers(2, max(vocab_size, 3), size=(batch, width)).astype(np.int32)
+    ids[np.arange(width)[None, :] >= lens[:, None]] = 0
+    return ids, lens
+
+
+def torch_outputs(model, card: ModelCard, ids: np.ndarray, lengths: np.ndarray):
+    import torch
+
+    from export.graph import ReferenceOutputs
+
+    reference = ReferenceOutputs(model, card.labels)
+    if not card.model.packed:
+        # The fixed-length model was trained on max_len-padded input.
+        width = card.tokenizer.max_len
+        ids = np.pad(ids[:, :width], ((0, 0), (0, width - min(ids.shape[1], width))))
+    probs, expected = reference(torch.from_numpy(ids), torch.from_numpy(lengths))
+    return probs.numpy(), expected.numpy()
+
+
+def validate_against_torch(
+    onnx_path: Path, model, card: ModelCard, *, tolerance: float = TOLERANCE, seed: int = 0
+) -> ValidationReport:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    worst, worst_case, mismatches, cases = 0.0, "-", 0, 0
+    failures: list[str] = []
+    for batch in BATCHES:
+        for name, lengths in length_cases(card.tokenizer.max_len, rng).items():
+            ids, lens = make_batch(
+                batch, lengths, card.model.vocab_size, card.tokenizer.max_len, rng
+            )
+            want_probs, want_expected = torch_outputs(model, card, ids, lens)
+            got_probs, got_expected = session.run(None, {"input_ids": ids, "lengths": lens})
+            cases += 1
+            diff = float(
+                max(
+                    np.abs(got_probs - want_probs).max(), np.abs(got_expected - want_expected).max()
+                )
+            )
+            case = f"batch={batch} {name}"
+            if diff > worst:
+                worst, worst_case = diff, case
+            bad = int((got_probs.argmax(1) != want_probs.argmax(1)).sum())
+            mismatches += bad
+            if diff > tolerance or bad:
+                failures.append(f"{case}: diff {diff:.2e}, {bad} argmax differences")
+    return ValidationReport(cases, worst, worst_case, mismatches, tolerance, failures)

@@ -1,0 +1,127 @@
+"""One frozen config per concern, serialized beside the weights in ``config.json``.
+
+A model directory is rebuilt from these alone, never from CLI defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from scorer.errors import UserError
+
+FORMAT_VERSION = 1
+Variant = Literal["fixed", "packed", "vectors", "regression"]
+VARIANTS: tuple[str, ...] = ("fixed", "packed", "vectors", "regression")
+POOLINGS: tuple[str, ...] = ("last", "last+max")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """How text becomes ids; scoring reuses it verbatim so train and score never disagree."""
+
+    keep_whitespace: bool = True
+    max_len: int = 70
+    min_count: int = 2
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network. ``packed`` runs only each review's real tokens; otherwise the LSTM reads
+    the whole right-padded ``max_len`` sequence (the reference's fixed-length model)."""
+
+    variant: Variant
+    vocab_size: int
+    num_labels: int
+    embedding_dim: int = 50
+    hidden_dim: int = 50
+    layers: int = 1
+    bidirectional: bool = False
+    packed: bool = False
+    pooling: str = "last"
+    dropout: float = 0.2
+    freeze_embeddings: bool = False
+
+    @property
+    def regression(self) -> bool:
+        return self.variant == "regression"
+
+    @property
+    def outputs(self) -> int:
+        return 1 if self.regression else self.num_labels
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise UserError(f"unknown variant {self.variant!r}; use one of {', '.join(VARIANTS)}")
+        if self.pooling not in POOLINGS:
+            raise UserError(f"unknown pooling {self.pooling!r}; use one of {', '.join(POOLINGS)}")
+        for name in ("vocab_size", "embedding_dim", "hidden_dim", "layers", "num_labels"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    patience: int = 3
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    grad_clip: float = 1.0
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything ``config.json`` holds: enough to rebuild, check and score the model."""
+
+    model: ModelConfig
+    tokenizer: TokenizerConfig
+    train: TrainConfig
+    labels: tuple[float, ...]
+    text_columns: tuple[str, ...]
+    vocab_sha256: str
+    versions: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> ModelCard:
+        version = doc.get("format_version")
+        if version != FORMAT_VERSION:
+            raise UserError(
+                f"config.json has format_version {version!r}; this scorer reads {FORMAT_VERSION}"
+            )
+        try:
+            return cls(
+                model=ModelConfig(**doc["model"]),
+                tokenizer=TokenizerConfig(**doc["tokenizer"]),
+                train=TrainConfig(**doc["train"]),
+                labels=tuple(float(v) for v in doc["labels"]),
+                text_columns=tuple(doc["text_columns"]),
+                vocab_sha256=str(doc["vocab_sha256"]),
+                versions=dict(doc.get("versions", {})),
+                format_version=version,
+            )
+        except (KeyError, TypeError) as exc:
+            raise UserError(f"config.json is malformed: {exc}") from None
+
+    @classmethod
+    def load(cls, path: Path) -> ModelCard:
+        try:
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read {path}: {exc}") from None
+        if not isinstance(doc, dict):
+            raise UserError(f"{path} is not a JSON object")
+        return cls.from_dict(doc)

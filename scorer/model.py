@@ -1,0 +1,140 @@
+"""The LSTM rating model (PyTorch): the reference's four variants and our default."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from scorer.config import ModelConfig
+
+
+class ReviewLSTM(nn.Module):
+    """Embedding -> (bi)LSTM -> features -> linear head.
+
+    Features are the last layer's final hidden state per direction (``pooling="last"``),
+    optionally concatenated with a max over time of the outputs at real (unpadded) positions
+    (``"last+max"``). Classification returns logits ``[B, K]``; regression returns ``[B]``.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim, padding_idx=0)
+        if config.freeze_embeddings:
+            self.embedding.weight.requires_grad_(False)
+        self.embed_dropout = nn.Dropout(config.dropout)
+        self.lstm = nn.LSTM(
+            config.embedding_dim,
+            config.hidden_dim,
+            num_layers=config.layers,
+            batch_first=True,
+            bidirectional=config.bidirectional,
+            dropout=config.dropout if config.layers > 1 else 0.0,
+        )
+        directions = 2 if config.bidirectional else 1
+        features = config.hidden_dim * directions * (2 if config.pooling == "last+max" else 1)
+        self.head_dropout = nn.Dropout(config.dropout if config.pooling != "last" else 0.0)
+        self.head = nn.Linear(features, config.outputs)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        steps = ids.shape[1]
+        # An empty review still runs one step (over PAD, whose embedding is zero).
+        lengths = lengths.clamp(1, steps)
+        x = self.embed_dropout(self.embedding(ids))
+        with _lstm_precision(x):
+            if _lstm_precision.fp32_on_cpu(x):
+                x = x.float()
+            out, h = self._recur(x, lengths, steps)
+        features = self._final_state(h)
+        if self.config.pooling == "last+max":
+            assert out is not None
+            valid = torch.arange(steps, device=ids.device)[None, :] < lengths[:, None]
+            masked = out.masked_fill(~valid[:, :, None], float("-inf"))
+            features = torch.cat([features, masked.amax(dim=1)], dim=1)
+        logits = self.head(self.head_dropout(features))
+        return logits.squeeze(-1) if self.config.regression else logits
+
+    def _recur(
+        self, x: torch.Tensor, lengths: torch.Tensor, steps: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(outputs [B, T, D] when pooling needs them, final hidden states [L*dirs, B, H])."""
+        if not self.config.packed:
+            out, (h, _) = self.lstm(x)
+            return out, h
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out_packed, (h, _) = self.lstm(packed)
+        if self.config.pooling != "last+max":
+            return None, h
+        out, _ = pad_packed_sequence(out_packed, batch_first=True, total_length=steps)
+        return out, h
+
+    def _final_state(self, h: torch.Tensor) -> torch.Tensor:
+        if self.config.bidirectional:
+            return torch.cat([h[-2], h[-1]], dim=1)
+        return h[-1]
+
+
+class _LstmPrecision:
+    """oneDNN has no bf16 LSTM kernel on CPUs without AVX512-BF16, so under CPU autocast the
+    LSTM alone runs in fp32 (embedding and head still take the bf16 path)."""
+
+    @staticmethod
+    def fp32_on_cpu(x: torch.Tensor) -> bool:
+        return x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+
+    def __call__(self, x: torch.Tensor):
+        if self.fp32_on_cpu(x):
+            return torch.autocast("cpu", enabled=False)
+        return contextlib.nullcontext()
+
+
+_lstm_precision = _LstmPrecision()
+
+
+def load_vectors(path, vocab_tokens: tuple[str, ...], dim: int | None, seed: int) -> np.ndarray:
+    """Embedding matrix from a GloVe-format text file (``word v1 ... vd`` per line).
+
+    Rows of words the file lacks are random (scaled like the file's vectors); PAD is zero.
+    """
+    from scorer.errors import UserError
+
+    index = {t: i for i, t in enumerate(vocab_tokens)}
+    found: dict[int, np.ndarray] = {}
+    width = dim
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for number, line in enumerate(handle, start=1):
+                parts = line.rstrip("\n").rstrip(" ").split(" ")
+                if len(parts) < 2:
+                    if line.strip():
+                        raise UserError(f"{path}:{number}: expected 'word v1 v2 ...'")
+                    continue
+                if width is None:
+                    width = len(parts) - 1
+                if len(parts) - 1 != width:
+                    raise UserError(
+                        f"{path}:{number}: vector has {len(parts) - 1} values, expected {width}"
+                        + (" (--embedding-dim)" if dim is not None else "")
+                    )
+                row = index.get(parts[0])
+                if row is not None and row not in found:
+                    try:
+                        found[row] = np.asarray(parts[1:], dtype=np.float32)
+                    except ValueError:
+                        raise UserError(f"{path}:{number}: non-numeric vector value") from None
+    except OSError as exc:
+        raise UserError(f"cannot read vectors file {path}: {exc.strerror}") from None
+    if width is None or not found:
+        raise UserError(f"{path}: no vector for any vocabulary word")
+    known = np.stack(list(found.values()))
+    rng = np.random.default_rng(seed)
+    matrix = rng.normal(0.0, float(known.std()) or 0.1, (len(vocab_tokens), width))
+    matrix = matrix.astype(np.float32)
+    for row, vector in found.items():
+        matrix[row] = vector
+    matrix[0] = 0.0
+    return matrix

@@ -1,0 +1,311 @@
+"""`scorer train`: fit a rating model, pick the epoch on validation, score test once, save."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from scorer.batching import bucket_batches, padding_fraction, random_batches
+from scorer.config import ModelConfig, TokenizerConfig, TrainConfig
+from scorer.data import read_labels, read_split_file, read_table, read_texts, stratified_split
+from scorer.device import Runtime, choose_runtime
+from scorer.errors import UserError
+from scorer.metrics import Metrics, nearest_label, rating_metrics
+from scorer.model import ReviewLSTM, load_vectors
+from scorer.model_dir import ModelDir, prepare_output
+from scorer.vocab import Vocab
+
+
+@dataclass(frozen=True)
+class Dataset:
+    ids: torch.Tensor
+    lengths: torch.Tensor
+    target: torch.Tensor
+    label_index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.label_index)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    expected: np.ndarray
+    pred_index: np.ndarray
+    loss: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_dir: ModelDir
+    val: Metrics
+    test: Metrics | None
+    best_epoch: int
+    seconds: float
+
+    def line(self) -> str:
+        test = f"test {self.test.line()}" if self.test else "no test rows"
+        return (
+            f"trained in {self.seconds:.0f}s, best epoch {self.best_epoch}; {test} "
+            f"-> {self.model_dir.path}"
+        )
+
+
+def seed_everything(seed: int) -> None:
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _to_dataset(
+    vocab: Vocab, texts, label_index: np.ndarray, labels, tok: TokenizerConfig, runtime: Runtime
+) -> Dataset:
+    enc = vocab.encode(texts, max_len=tok.max_len, keep_whitespace=tok.keep_whitespace)
+    values = np.asarray(labels, dtype=np.float32)
+
+    def move(array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        if runtime.cuda:
+            # Moved once: batches are then gathered on the device itself.
+            return tensor.pin_memory().to(runtime.device, non_blocking=True)
+        return tensor
+
+    # Column 0: class index (classification target), column 1: rating (regression target).
+    target = np.stack([label_index.astype(np.float32), values[label_index]], axis=1)
+    return Dataset(
+        ids=move(enc.ids.astype(np.int64)),
+        lengths=move(enc.lengths.astype(np.int64)),
+        target=move(target),
+        label_index=label_index,
+    )
+
+
+def _batch(data: Dataset, rows: np.ndarray, fixed_len: bool, device: torch.device):
+    index = torch.from_numpy(rows).to(device, non_blocking=True)
+    lengths = data.lengths[index]
+    ids = data.ids[index]
+    if not fixed_len:
+        # Packed models never look past a batch's longest review: trim the padding.
+        ids = ids[:, : int(lengths.max().clamp(min=1))]
+    return ids, lengths, data.target[index]
+
+
+def _loss(config: ModelConfig, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if config.regression:
+        return nn.functional.mse_loss(output.float(), target[:, 1])
+    return nn.functional.cross_entropy(output.float(), target[:, 0].long())
+
+
+@torch.no_grad()
+def predict(
+    model: ReviewLSTM,
+    data: Dataset,
+    labels: Sequence[float],
+    runtime: Runtime,
+    batch_size: int = 1024,
+) -> Prediction:
+    """Expected rating and argmax (or nearest label) per row, in row order, plus mean loss."""
+    model.eval()
+    values = torch.tensor(labels, dtype=torch.float32, device=runtime.device)
+    order = np.argsort(data.lengths.cpu().numpy(), kind="stable")
+    expected = np.empty(len(data), dtype=np.float64)
+    pred_index = np.empty(len(data), dtype=np.int64)
+    loss_sum = 0.0
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        ids, lengths, target = _batch(data, rows, not model.config.packed, runtime.device)
+        with runtime.autocast():
+            output = model(ids, lengths).float()
+        loss_sum += float(_loss(model.config, output, target)) * len(rows)
+        if model.config.regression:
+            value = output.clamp(min(labels), max(labels))
+        else:
+            value = torch.softmax(output, dim=1) @ values
+            pred_index[rows] = output.argmax(dim=1).cpu().numpy()
+        expected[rows] = value.cpu().numpy()
+    if model.config.regression:
+        pred_index = nearest_label(expected, labels)
+    return Prediction(expected, pred_index, loss_sum / max(len(data), 1))
+
+
+def _split_rows(split_file: Path | None, label_index: np.ndarray, seed: int) -> np.ndarray:
+    if split_file is not None:
+        return read_split_file(split_file, len(label_index))
+    return stratified_split(label_index, seed=seed)
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    data: Path
+    out: Path
+    model: ModelConfig
+    tokenizer: TokenizerConfig
+    train: TrainConfig
+    text_columns: tuple[str, ...]
+    label_column: str = "Rating"
+    split_file: Path | None = None
+    vectors: Path | None = None
+    overwrite: bool = False
+
+
+def train_model(job: TrainJob) -> TrainResult:
+    start = time.perf_counter()
+    cfg = job.train
+    prepare_output(job.out, overwrite=job.overwrite)
+    if job.model.variant == "vectors" and job.vectors is None:
+        raise UserError("--variant vectors needs --vectors FILE (GloVe text format)")
+    if job.train.threads:
+        torch.set_num_threads(job.train.threads)
+    runtime = choose_runtime(cfg.device, cfg.precision)
+    seed_everything(cfg.seed)
+
+    frame = read_table(job.data)
+    texts = read_texts(frame, job.text_columns, job.data)
+    labels = read_labels(frame, job.label_column, job.data)
+    split = _split_rows(job.split_file, labels.index, cfg.seed)
+    rows = {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
+    if len(rows["train"]) < cfg.batch_size:
+        raise UserError(
+            f"{len(rows['train'])} training rows is fewer than one batch ({cfg.batch_size}); "
+            "lower --batch-size or add data"
+        )
+    if len(rows["val"]) == 0:
+        raise UserError("no validation rows: the split needs 'val' rows for early stopping")
+
+    tok = job.tokenizer
+    vocab = Vocab.build(
+        texts.gather(rows["train"]), min_count=tok.min_count, keep_whitespace=tok.keep_whitespace
+    )
+    model_cfg = replace(job.model, vocab_size=len(vocab), num_labels=len(labels.values))
+    sets = {
+        name: _to_dataset(vocab, texts.gather(r), labels.index[r], labels.values, tok, runtime)
+        for name, r in rows.items()
+        if len(r)
+    }
+    model = ReviewLSTM(model_cfg)
+    if job.vectors is not None:
+        matrix = load_vectors(job.vectors, vocab.tokens, model_cfg.embedding_dim, cfg.seed)
+        model.embedding.weight.data.copy_(torch.from_numpy(matrix))
+    if model_cfg.regression:
+        # Start at the mean training rating rather than 0, so early steps learn signal.
+        mean_rating = float(np.asarray(labels.values)[labels.index[rows["train"]]].mean())
+        with torch.no_grad():
+            model.head.bias.fill_(mean_rating)
+    model.to(runtime.device)
+
+    history, best_state, best_epoch = _fit(model, sets, labels.values, cfg, runtime)
+    model.load_state_dict(best_state)
+    val_pred = predict(model, sets["val"], labels.values, runtime)
+    val = rating_metrics(
+        sets["val"].label_index, val_pred.pred_index, val_pred.expected, labels.values
+    )
+    test = None
+    if "test" in sets:
+        test_pred = predict(model, sets["test"], labels.values, runtime)
+        test = rating_metrics(
+            sets["test"].label_index, test_pred.pred_index, test_pred.expected, labels.values
+        )
+    train_lengths = sets["train"].lengths.cpu().numpy()
+    rng = np.random.default_rng(cfg.seed)
+    padding = {
+        "bucketed": padding_fraction(
+            bucket_batches(train_lengths, cfg.batch_size, rng), train_lengths
+        ),
+        "random": padding_fraction(
+            random_batches(len(train_lengths), cfg.batch_size, rng), train_lengths
+        ),
+    }
+    seconds = time.perf_counter() - start
+    model_dir = ModelDir.write(
+        job.out,
+        model=model.cpu(),
+        vocab=vocab,
+        tokenizer=tok,
+        train=cfg,
+        labels=labels.values,
+        text_columns=job.text_columns,
+        metrics={
+            "val": val.to_dict(),
+            "test": test.to_dict() if test else None,
+            "best_epoch": best_epoch,
+            "history": history,
+            "seconds": seconds,
+            "device": str(runtime.device),
+            "precision": runtime.precision,
+            "padding_fraction": padding,
+            "rows": {name: len(r) for name, r in rows.items()},
+        },
+        overwrite=job.overwrite,
+    )
+    return TrainResult(model_dir, val, test, best_epoch, seconds)
+
+
+def _fit(model, sets, labels, cfg: TrainConfig, runtime: Runtime):
+    train_set, val_set = sets["train"], sets["val"]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=steps_per_epoch * cfg.epochs, pct_start=0.2
+    )
+    scaler = runtime.grad_scaler()
+    rng = np.random.default_rng(cfg.seed)
+    lengths = train_set.lengths.cpu().numpy()
+    fixed_len = not model.config.packed
+    history: list[dict[str, float]] = []
+    best_loss, best_epoch, best_state, stale = math.inf, 0, None, 0
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        began = time.perf_counter()
+        total, seen = 0.0, 0
+        batches = bucket_batches(lengths, cfg.batch_size, rng)
+        for rows in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=None):
+            ids, batch_lengths, target = _batch(train_set, rows, fixed_len, runtime.device)
+            with runtime.autocast():
+                output = model(ids, batch_lengths)
+            loss = _loss(model.config, output, target)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            total += float(loss.detach()) * len(rows)
+            seen += len(rows)
+        seconds = time.perf_counter() - began
+        pred = predict(model, val_set, labels, runtime)
+        val = rating_metrics(val_set.label_index, pred.pred_index, pred.expected, labels)
+        record = {
+            "epoch": epoch,
+            "train_loss": total / seen,
+            "val_loss": pred.loss,
+            "val_accuracy": val.accuracy,
+            "val_rmse": val.rmse,
+            "val_rmse_expected": val.rmse_expected,
+            "seconds": seconds,
+            "batches_per_s": len(batches) / seconds,
+        }
+        history.append(record)
+        tqdm.write(
+            f"epoch {epoch:2d}  loss {record['train_loss']:.4f}  val loss {pred.loss:.4f}  "
+            f"val acc {val.accuracy:.4f}  val RMSE {val.rmse:.4f}  "
+            f"val RMSE(exp) {val.rmse_expected:.4f}  {seconds:.1f}s "
+            f"({record['batches_per_s']:.1f} batches/s)"
+        )
+        if pred.loss < best_loss:
+            best_loss, best_epoch, stale = pred.loss, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                tqdm.write(f"early stop: val loss has not improved for {cfg.patience} epochs")
+                break
+    assert best_state is not None
+    return history, best_state, best_epoch
