@@ -54,6 +54,7 @@ def _torch_export(graph, path: Path, opset: int) -> None:
         warnings.simplefilter("ignore", UserWarning)
         # ...and that the TorchScript exporter is legacy: we choose it on purpose (above).
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         _export(graph, example_ids, example_lengths, path, opset)
 
 

@@ -16,6 +16,8 @@ from typer.exceptions import TyperException
 from scorer import __version__
 from scorer.errors import UserError
 
+INTERRUPTED = 130
+
 app = typer.Typer(
     name="scorer",
     help="Predict a product review's star rating from its text, at scale.",
@@ -157,6 +159,72 @@ def export_command(
     typer.echo(export_model(model_dir, out, opset=opset, int8=int8, fp16=fp16).line())
 
 
+@app.command("run")
+def run_command(
+    input: Annotated[str, typer.Argument(help="Parquet file, directory or glob; CSV; NDJSON.")],
+    model: Annotated[Path, typer.Option("--model", help="Model directory (exported).")],
+    out: Annotated[Path, typer.Option("--out", help="Output Parquet file.")],
+    text_col: TextCols = None,
+    keep_col: Annotated[
+        list[str] | None,
+        typer.Option("--keep-col", help="Input column to copy to the output (repeatable)."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | int8 | fp16.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Rows per inference batch.")] = 2048,
+    chunk_rows: Annotated[int, typer.Option(help="Rows per pipeline chunk.")] = 100_000,
+    threads: Annotated[
+        int | None, typer.Option(help="onnxruntime intra-op threads (default: all cores).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Score reviews into Parquet: streaming, bounded memory, resumable."""
+    from scorer.run import RunJob, run_scoring
+
+    job = RunJob(
+        input=input,
+        model_dir=model,
+        out=out,
+        text_columns=tuple(text_col) if text_col else None,
+        keep_columns=tuple(keep_col) if keep_col is not None else None,
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        chunk_rows=chunk_rows,
+        threads=threads,
+        resume=resume,
+        overwrite=overwrite,
+        quiet=quiet,
+    )
+    typer.echo(run_scoring(job).line())
+
+
+@app.command("eval")
+def eval_command(
+    input: Annotated[str, typer.Argument(help="Labelled reviews (Parquet, CSV or NDJSON).")],
+    model: Annotated[Path, typer.Option("--model", help="Model directory (exported).")],
+    label_col: Annotated[str, typer.Option(help="Rating column.")] = "Rating",
+    text_col: TextCols = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | int8 | fp16.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
+) -> None:
+    """Accuracy, macro-F1, RMSE, MAE and the confusion matrix of a labelled file."""
+    from scorer.evaluate import EvalJob, evaluate, format_metrics
+
+    job = EvalJob(
+        input=input,
+        model_dir=model,
+        label_column=label_col,
+        text_columns=tuple(text_col) if text_col else None,
+        device=device,
+        precision=precision,
+    )
+    typer.echo(format_metrics(evaluate(job), as_json))
+
+
 _TRAIN_NON_OPTIONS = {
     "data",
     "out",
@@ -178,12 +246,13 @@ def main(argv: list[str] | None = None) -> int:
         exc.show()  # type: ignore[attr-defined]
         code = 1
     except (typer.Abort, KeyboardInterrupt):
-        typer.echo("scorer: interrupted", err=True)
-        code = 130
+        code = INTERRUPTED
     except UserError as exc:
         typer.echo(f"scorer: error: {exc}", err=True)
         code = 1
     code = code if isinstance(code, int) else 0
+    if code == INTERRUPTED:  # Typer turns Ctrl-C into Exit(130)
+        typer.echo("scorer: interrupted; nothing half-written (use --resume to continue)", err=True)
     if argv is None:
         sys.exit(code)
     return code

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 from scorer.config import ModelCard, TokenizerConfig, TrainConfig
 from scorer.errors import UserError
+from scorer.io import make_temp_dir
 from scorer.vocab import Vocab
 
 WEIGHTS, CONFIG, VOCAB, METRICS, REPORT, ONNX = (
@@ -121,7 +121,7 @@ class ModelDir:
             vocab_sha256=vocab.sha256,
             versions=library_versions(),
         )
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        tmp = make_temp_dir(out)
         try:
             torch.save(model.state_dict(), tmp / WEIGHTS)
             (tmp / CONFIG).write_text(card.to_json(), encoding="utf-8")

@@ -1,0 +1,140 @@
+"""The output table: schema, per-chunk part files, and the final assembled Parquet file."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from scorer import __version__
+from scorer.config import ModelCard
+from scorer.errors import UserError
+from scorer.io import atomic_path
+
+ROW_GROUP = 131_072
+_PART = re.compile(r"part-(\d{12})-(\d{12})\.parquet$")
+LOSSY_KEY = b"scorer.lossy_rows"
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    text_columns: tuple[str, ...]
+    keep_columns: tuple[str, ...]
+    labels: tuple[float, ...]
+    schema: pa.Schema
+
+    @classmethod
+    def create(
+        cls, text_columns: Sequence[str], keep: Sequence[str], input_schema, card: ModelCard, scorer
+    ) -> OutputSpec:
+        labels = tuple(card.labels)
+        names = ["row", "predicted_rating", "expected_rating", *(prob_name(v) for v in labels)]
+        clash = sorted(set(names) & set(keep))
+        if clash:
+            raise UserError(f"--keep-col {clash} would clash with output columns {names}")
+        kept = pl.DataFrame(schema={c: input_schema[c] for c in keep}).to_arrow().schema
+        integral = all(float(v).is_integer() for v in labels)
+        fields = [
+            *kept,
+            pa.field("row", pa.int64()),
+            pa.field("predicted_rating", pa.int64() if integral else pa.float64()),
+            pa.field("expected_rating", pa.float32()),
+            *(pa.field(prob_name(v), pa.float32()) for v in labels),
+        ]
+        metadata = {
+            "scorer.version": __version__,
+            "scorer.model_sha256": scorer.sha256,
+            "scorer.model_precision": scorer.precision,
+            "scorer.model_card": card.to_json(),
+        }
+        schema = pa.schema(fields, metadata={k: v.encode() for k, v in metadata.items()})
+        return cls(tuple(text_columns), tuple(keep), labels, schema)
+
+    def table(
+        self, frame: pl.DataFrame, probs: np.ndarray, expected: np.ndarray, start: int
+    ) -> pa.Table:
+        """The output rows of the chunk starting at input row ``start``."""
+        values = np.asarray(self.labels)
+        predicted = values[probs.argmax(axis=1)] if len(probs) else values[:0]
+        columns = {c: frame[c].to_arrow() for c in self.keep_columns}
+        columns["row"] = pa.array(np.arange(start, start + len(frame), dtype=np.int64))
+        integral = pa.types.is_integer(self.schema.field("predicted_rating").type)
+        columns["predicted_rating"] = pa.array(
+            predicted.astype(np.int64) if integral else predicted
+        )
+        columns["expected_rating"] = pa.array(expected.astype(np.float32))
+        for k, v in enumerate(self.labels):
+            columns[prob_name(v)] = pa.array(probs[:, k].astype(np.float32))
+        return pa.Table.from_pydict(columns, schema=self.schema)
+
+
+def prob_name(label: float) -> str:
+    return f"prob_{label:g}"
+
+
+def part_name(start: int, rows: int) -> str:
+    return f"part-{start:012d}-{start + rows:012d}.parquet"
+
+
+@dataclass(frozen=True, order=True)
+class Part:
+    start: int
+    end: int
+    path: Path
+
+
+def read_parts(directory: Path) -> list[Part]:
+    """Finished parts, checked to cover rows 0..end without a gap."""
+    parts = sorted(
+        Part(int(m.group(1)), int(m.group(2)), p)
+        for p in directory.iterdir()
+        if (m := _PART.match(p.name))
+    )
+    expected = 0
+    for part in parts:
+        if part.start != expected:
+            raise UserError(f"{directory}: part files have a gap at row {expected}; rerun")
+        expected = part.end
+    return parts
+
+
+def write_part(path: Path, table: pa.Table, *, lossy_rows: int = 0) -> None:
+    meta = dict(table.schema.metadata or {})
+    meta[LOSSY_KEY] = str(lossy_rows).encode()
+    with atomic_path(path) as tmp:
+        pq.write_table(table.replace_schema_metadata(meta), tmp, compression="zstd")
+
+
+def assemble(directory: Path, out: Path, spec: OutputSpec) -> tuple[int, int]:
+    """Concatenate the parts into ``out`` with fixed-size row groups; (rows, lossy rows)."""
+    rows = lossy = 0
+    pending: list[pa.Table] = []
+    pending_rows = 0
+    with (
+        atomic_path(out) as tmp,
+        pq.ParquetWriter(tmp, spec.schema, compression="zstd") as writer,
+    ):
+        for part in read_parts(directory):
+            file = pq.ParquetFile(part.path)
+            lossy += int((file.schema_arrow.metadata or {}).get(LOSSY_KEY, b"0"))
+            table = file.read().replace_schema_metadata(spec.schema.metadata)
+            pending.append(table)
+            pending_rows += table.num_rows
+            while pending_rows >= ROW_GROUP:
+                merged = pa.concat_tables(pending)
+                writer.write_table(merged.slice(0, ROW_GROUP), row_group_size=ROW_GROUP)
+                pending = [merged.slice(ROW_GROUP)]
+                pending_rows -= ROW_GROUP
+                rows += ROW_GROUP
+        if pending_rows:
+            writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP)
+            rows += pending_rows
+        if rows == 0:
+            writer.write_table(spec.schema.empty_table())
+    return rows, lossy
