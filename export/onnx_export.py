@@ -1,4 +1,4 @@
-"""`scorer export`: write ``model.onnx`` (plus optional int8 / fp16 twins), then validate it."""
+"""`scorer export`: write ``model.onnx`` (plus an optional int8 twin), then validate it."""
 
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ from scorer.model_dir import ONNX, ModelDir
 
 DEFAULT_OPSET = 17
 INT8_NAME = "model.int8.onnx"
-FP16_NAME = "model.fp16.onnx"
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,6 @@ def export_model(
     *,
     opset: int = DEFAULT_OPSET,
     int8: bool = False,
-    fp16: bool = False,
 ) -> ExportResult:
     """Export, stamp metadata, run onnx.checker and the numeric validation grid.
 
@@ -139,8 +137,6 @@ def export_model(
     extras: dict[str, Path] = {}
     if int8:
         extras["int8"] = quantize_int8(target, target.with_name(INT8_NAME), model_dir)
-    if fp16:
-        extras["fp16"] = convert_fp16(target, target.with_name(FP16_NAME), model_dir)
     return ExportResult(target, report, extras, time.perf_counter() - start)
 
 
@@ -156,21 +152,6 @@ def quantize_int8(source: Path, target: Path, model_dir: ModelDir) -> Path:
             op_types_to_quantize=["LSTM", "MatMul", "Gemm"],
         )
         _stamp_metadata(tmp, model_dir, "int8")
-    return target
-
-
-def convert_fp16(source: Path, target: Path, model_dir: ModelDir) -> Path:
-    """Half-precision weights and activations with float32 inputs/outputs, for CUDA hosts."""
-    import onnx
-
-    try:
-        from onnxconverter_common import float16
-    except ImportError:
-        raise UserError("--fp16 needs the package onnxconverter-common (pip install it)") from None
-    model = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
-    with atomic_path(target) as tmp:
-        onnx.save(model, str(tmp))
-        _stamp_metadata(tmp, model_dir, "fp16")
     return target
 
 

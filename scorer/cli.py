@@ -111,6 +111,9 @@ def train_command(
     lr: Annotated[float | None, typer.Option()] = None,
     weight_decay: Annotated[float | None, typer.Option()] = None,
     patience: Annotated[int | None, typer.Option(help="Epochs without val improvement.")] = None,
+    expected_loss_weight: Annotated[
+        float | None, typer.Option(help="Weight of the expected-rating squared error.")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda.")] = None,
     precision: Annotated[str | None, typer.Option(help="auto | fp32 | bf16 | fp16.")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
@@ -149,14 +152,11 @@ def export_command(
     int8: Annotated[
         bool, typer.Option("--int8", help="Also write model.int8.onnx (CPU hosts).")
     ] = False,
-    fp16: Annotated[
-        bool, typer.Option("--fp16", help="Also write model.fp16.onnx (CUDA hosts).")
-    ] = False,
 ) -> None:
     """Export to ONNX (dynamic batch and sequence axes) and validate it against PyTorch."""
     from export.onnx_export import export_model
 
-    typer.echo(export_model(model_dir, out, opset=opset, int8=int8, fp16=fp16).line())
+    typer.echo(export_model(model_dir, out, opset=opset, int8=int8).line())
 
 
 @app.command("run")
@@ -170,7 +170,7 @@ def run_command(
         typer.Option("--keep-col", help="Input column to copy to the output (repeatable)."),
     ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto | fp32 | int8 | fp16.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | int8.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Rows per inference batch.")] = 2048,
     chunk_rows: Annotated[int, typer.Option(help="Rows per pipeline chunk.")] = 100_000,
     threads: Annotated[
@@ -208,7 +208,11 @@ def eval_command(
     label_col: Annotated[str, typer.Option(help="Rating column.")] = "Rating",
     text_col: TextCols = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto | fp32 | int8 | fp16.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | int8.")] = "auto",
+    split_file: Annotated[
+        Path | None, typer.Option(help="row,split file: evaluate only the --split rows.")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Which split of --split-file.")] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
 ) -> None:
     """Accuracy, macro-F1, RMSE, MAE and the confusion matrix of a labelled file."""
@@ -221,6 +225,8 @@ def eval_command(
         text_columns=tuple(text_col) if text_col else None,
         device=device,
         precision=precision,
+        split_file=split_file,
+        split=split,
     )
     typer.echo(format_metrics(evaluate(job), as_json))
 

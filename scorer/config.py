@@ -77,6 +77,7 @@ class TrainConfig:
     precision: str = "auto"
     grad_clip: float = 1.0
     threads: int | None = None
+    expected_loss_weight: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
+from scorer.data import read_split_file
 from scorer.errors import UserError
 from scorer.metrics import Metrics, rating_metrics
 from scorer.model_dir import ModelDir
@@ -28,6 +30,8 @@ class EvalJob:
     batch_size: int = 2048
     threads: int | None = None
     chunk_rows: int = 100_000
+    split_file: Path | None = None
+    split: str = "test"
 
 
 def evaluate(job: EvalJob) -> Metrics:
@@ -49,10 +53,7 @@ def evaluate(job: EvalJob) -> Metrics:
             ("infer", lambda c: infer_chunk(c, scorer, job.batch_size)),
         ]
     )
-    chunks = (
-        Chunk(0, frame)
-        for frame in source.batches(text_columns, [job.label_column], chunk_rows=job.chunk_rows)
-    )
+    chunks = _chunks(source, text_columns, job)
     true, pred, expected = [], [], []
     for chunk in pipeline.run(chunks):
         true.append(_label_index(chunk.frame[job.label_column].to_numpy(), labels, job))
@@ -63,6 +64,21 @@ def evaluate(job: EvalJob) -> Metrics:
     return rating_metrics(
         np.concatenate(true), np.concatenate(pred), np.concatenate(expected), labels
     )
+
+
+def _chunks(source, text_columns, job: EvalJob):
+    """Chunks of labelled rows; with a split file, only the rows of ``job.split``."""
+    wanted = None
+    if job.split_file is not None:
+        wanted = read_split_file(job.split_file, source.count_rows()) == job.split
+    start = 0
+    for frame in source.batches(text_columns, [job.label_column], chunk_rows=job.chunk_rows):
+        rows = len(frame)
+        if wanted is not None:
+            frame = frame.filter(pl.Series(wanted[start : start + rows]))
+        start += rows
+        if len(frame):
+            yield Chunk(start - rows, frame)
 
 
 def _label_index(values: np.ndarray, labels: np.ndarray, job: EvalJob) -> np.ndarray:

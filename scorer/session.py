@@ -12,7 +12,7 @@ import numpy as np
 from export.contract import META_CARD, META_VOCAB_SHA256
 from scorer.errors import UserError
 
-FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 
 
 def _onnxruntime():
@@ -34,12 +34,12 @@ def file_sha256(path: Path) -> str:
 
 
 def pick_model_file(model_dir: Path, precision: str, cuda: bool) -> tuple[Path, str]:
-    """``auto``: fp16 on CUDA and int8 on CPU when exported, else fp32."""
+    """``auto``: int8 on CPU when it was exported (its quality is checked at export time in
+    benchmarks), fp32 otherwise and always on CUDA (int8 LSTM kernels are CPU-only)."""
     if precision not in ("auto", *FILES):
-        raise UserError(f"--precision must be auto, fp32, int8 or fp16, got {precision!r}")
+        raise UserError(f"--precision must be auto, fp32 or int8, got {precision!r}")
     if precision == "auto":
-        preferred = "fp16" if cuda else "int8"
-        precision = preferred if (model_dir / FILES[preferred]).is_file() else "fp32"
+        precision = "int8" if not cuda and (model_dir / FILES["int8"]).is_file() else "fp32"
     path = model_dir / FILES[precision]
     if not path.is_file():
         hint = "" if precision == "fp32" else f" (export with --{precision})"

@@ -63,6 +63,13 @@ class Source:
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise UserError(f"cannot read {self.describe()}: {_first_line(exc)}") from None
 
+    def count_rows(self) -> int:
+        """Rows in the input (Parquet: from footers; CSV and NDJSON: one streaming pass)."""
+        try:
+            return int(self._scan().select(pl.len()).collect(engine="streaming").item())
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise UserError(f"cannot read {self.describe()}: {_first_line(exc)}") from None
+
     def describe(self) -> str:
         if len(self.files) == 1:
             return str(self.files[0].path)

@@ -96,10 +96,25 @@ def _batch(data: Dataset, rows: np.ndarray, fixed_len: bool, device: torch.devic
     return ids, lengths, data.target[index]
 
 
-def _loss(config: ModelConfig, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    if config.regression:
-        return nn.functional.mse_loss(output.float(), target[:, 1])
-    return nn.functional.cross_entropy(output.float(), target[:, 0].long())
+@dataclass(frozen=True)
+class Objective:
+    """Cross-entropy (or MSE for regression), plus ``expected_weight`` times the squared
+    error of the expected rating: ratings are ordered, and this term teaches the model that
+    saying 4 for a 5 is better than saying 1."""
+
+    config: ModelConfig
+    values: torch.Tensor
+    expected_weight: float = 0.0
+
+    def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        output = output.float()
+        if self.config.regression:
+            return nn.functional.mse_loss(output, target[:, 1])
+        loss = nn.functional.cross_entropy(output, target[:, 0].long())
+        if self.expected_weight:
+            expected = torch.softmax(output, dim=1) @ self.values
+            loss = loss + self.expected_weight * nn.functional.mse_loss(expected, target[:, 1])
+        return loss
 
 
 @torch.no_grad()
@@ -108,6 +123,7 @@ def predict(
     data: Dataset,
     labels: Sequence[float],
     runtime: Runtime,
+    objective: Objective,
     batch_size: int = 1024,
 ) -> Prediction:
     """Expected rating and argmax (or nearest label) per row, in row order, plus mean loss."""
@@ -122,7 +138,7 @@ def predict(
         ids, lengths, target = _batch(data, rows, not model.config.packed, runtime.device)
         with runtime.autocast():
             output = model(ids, lengths).float()
-        loss_sum += float(_loss(model.config, output, target)) * len(rows)
+        loss_sum += float(objective(output, target)) * len(rows)
         if model.config.regression:
             value = output.clamp(min(labels), max(labels))
         else:
@@ -199,15 +215,20 @@ def train_model(job: TrainJob) -> TrainResult:
             model.head.bias.fill_(mean_rating)
     model.to(runtime.device)
 
-    history, best_state, best_epoch = _fit(model, sets, labels.values, cfg, runtime)
+    objective = Objective(
+        model_cfg,
+        torch.tensor(labels.values, dtype=torch.float32, device=runtime.device),
+        cfg.expected_loss_weight,
+    )
+    history, best_state, best_epoch = _fit(model, sets, labels.values, cfg, runtime, objective)
     model.load_state_dict(best_state)
-    val_pred = predict(model, sets["val"], labels.values, runtime)
+    val_pred = predict(model, sets["val"], labels.values, runtime, objective)
     val = rating_metrics(
         sets["val"].label_index, val_pred.pred_index, val_pred.expected, labels.values
     )
     test = None
     if "test" in sets:
-        test_pred = predict(model, sets["test"], labels.values, runtime)
+        test_pred = predict(model, sets["test"], labels.values, runtime, objective)
         test = rating_metrics(
             sets["test"].label_index, test_pred.pred_index, test_pred.expected, labels.values
         )
@@ -246,7 +267,7 @@ def train_model(job: TrainJob) -> TrainResult:
     return TrainResult(model_dir, val, test, best_epoch, seconds)
 
 
-def _fit(model, sets, labels, cfg: TrainConfig, runtime: Runtime):
+def _fit(model, sets, labels, cfg: TrainConfig, runtime: Runtime, objective: Objective):
     train_set, val_set = sets["train"], sets["val"]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -269,7 +290,7 @@ def _fit(model, sets, labels, cfg: TrainConfig, runtime: Runtime):
             ids, batch_lengths, target = _batch(train_set, rows, fixed_len, runtime.device)
             with runtime.autocast():
                 output = model(ids, batch_lengths)
-            loss = _loss(model.config, output, target)
+            loss = objective(output, target)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -280,7 +301,7 @@ def _fit(model, sets, labels, cfg: TrainConfig, runtime: Runtime):
             total += float(loss.detach()) * len(rows)
             seen += len(rows)
         seconds = time.perf_counter() - began
-        pred = predict(model, val_set, labels, runtime)
+        pred = predict(model, val_set, labels, runtime, objective)
         val = rating_metrics(val_set.label_index, pred.pred_index, pred.expected, labels)
         record = {
             "epoch": epoch,

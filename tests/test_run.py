@@ -325,3 +325,18 @@ def test_eval_refuses_labels_outside_the_model(tmp_path, model) -> None:
     make_reviews(50).with_columns(pl.lit(7).alias("Rating")).write_parquet(source)
     with pytest.raises(UserError, match="outside the model's labels"):
         evaluate(EvalJob(input=str(source), model_dir=model))
+
+
+def test_eval_on_one_split_of_a_split_file(tmp_path, model, reviews) -> None:
+    split = tmp_path / "split.csv"
+    names = ["train"] * 2000 + ["test"] * 1000
+    pl.DataFrame({"row": range(3000), "split": names}).write_csv(split)
+    metrics = evaluate(EvalJob(input=str(reviews), model_dir=model, split_file=split))
+    assert metrics.n == 1000
+    whole = evaluate(EvalJob(input=str(reviews), model_dir=model))
+    out = tmp_path / "o.parquet"
+    run(model, reviews, out)
+    tail = pl.read_parquet(out)[2000:]["predicted_rating"].to_numpy()
+    truth = pl.read_parquet(reviews)[2000:]["Rating"].to_numpy()
+    assert metrics.accuracy == pytest.approx(float((tail == truth).mean()))
+    assert whole.n == 3000

@@ -1,0 +1,159 @@
+"""Model quality on the reference test split: the reference recipe's four variants, our
+default model, and the int8 export's quality next to fp32.
+
+    python -m benchmarks.quality [--variants fixed packed vectors regression] [--default]
+
+The vectors variant needs pre-trained vectors; with no GloVe file here, the benchmark makes
+50-d vectors from the training rows only (PPMI of a +-2 word window, randomized SVD) and
+passes them as a GloVe-format file, as a user would pass theirs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import DEFAULT_REVIEWS, DEFAULT_SPLIT, REPO, machine, save
+from scorer.data import DEFAULT_TEXT_COLUMNS, read_split_file, read_table, read_texts
+from scorer.presets import resolve
+from scorer.train import TrainJob, train_model
+from scorer.vocab import Vocab
+
+WORK = REPO / "runs" / "bench"
+REFERENCE_ARTICLE = {"accuracy": 0.64, "rmse": 0.817, "regression_rmse": 0.799}
+
+
+def make_vectors(reviews: Path, split: Path, out: Path, dim: int = 50, seed: int = 0) -> Path:
+    texts = read_texts(read_table(reviews), DEFAULT_TEXT_COLUMNS, reviews)
+    texts = texts.filter(read_split_file(split, len(texts)) == "train")
+    vocab = Vocab.build(texts, min_count=2, keep_whitespace=False)
+    ids = vocab.encode(texts, max_len=200, keep_whitespace=False).ids.astype(np.int64)
+    size = len(vocab)
+    counts = np.zeros(size * size, dtype=np.float32)
+    for offset in (1, 2):
+        left, right = ids[:, :-offset].ravel(), ids[:, offset:].ravel()
+        keep = (left > 1) & (right > 1)
+        np.add.at(counts, left[keep] * size + right[keep], 1.0)
+        np.add.at(counts, right[keep] * size + left[keep], 1.0)
+    matrix = counts.reshape(size, size)
+    total = matrix.sum()
+    row = matrix.sum(1, keepdims=True)
+    col = matrix.sum(0, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pmi = np.log(matrix * total / (row @ col))
+    ppmi = np.nan_to_num(np.maximum(pmi, 0), posinf=0.0).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(ppmi @ rng.normal(size=(size, dim + 20)).astype(np.float32))
+    u, s, _ = np.linalg.svd(basis.T @ ppmi, full_matrices=False)
+    vectors = (basis @ u[:, :dim]) * np.sqrt(s[:dim])
+    vectors /= np.abs(vectors).max()
+    lines = [
+        f"{token} " + " ".join(f"{x:.5f}" for x in vectors[i])
+        for i, token in enumerate(vocab.tokens)
+        if i > 1 and token.strip() == token and " " not in token
+    ]
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def train(name: str, options: dict, *, reference: bool, vectors: Path | None = None) -> dict:
+    model, tok, train_cfg = resolve(options, reference=reference)
+    job = TrainJob(
+        data=DEFAULT_REVIEWS,
+        out=WORK / name,
+        model=model,
+        tokenizer=tok,
+        train=train_cfg,
+        text_columns=DEFAULT_TEXT_COLUMNS,
+        split_file=DEFAULT_SPLIT,
+        vectors=vectors,
+        overwrite=True,
+    )
+    result = train_model(job)
+    print(result.line(), flush=True)
+    assert result.test is not None
+    return {
+        "config": {
+            "model": dataclasses.asdict(model),
+            "tokenizer": dataclasses.asdict(tok),
+            "train": dataclasses.asdict(train_cfg),
+        },
+        "test": result.test.to_dict(),
+        "val": result.val.to_dict(),
+        "best_epoch": result.best_epoch,
+        "train_seconds": result.seconds,
+        "model_dir": str(result.model_dir.path),
+    }
+
+
+def int8_quality(model_dir: Path) -> dict:
+    """fp32 against int8 on the test rows, through `scorer eval`'s path."""
+    import polars as pl
+
+    from export.onnx_export import export_model
+    from scorer.evaluate import EvalJob, evaluate
+    from scorer.run import RunJob, run_scoring
+
+    export_model(model_dir, int8=True)
+    frame = read_table(DEFAULT_REVIEWS)
+    test = frame.filter(pl.Series(read_split_file(DEFAULT_SPLIT, len(frame)) == "test"))
+    path = WORK / "test-rows.parquet"
+    test.write_parquet(path)
+    out, scores = {}, {}
+    for precision in ("fp32", "int8"):
+        out[precision] = evaluate(EvalJob(str(path), model_dir, precision=precision)).to_dict()
+        target = WORK / f"test-{precision}.parquet"
+        run_scoring(
+            RunJob(str(path), model_dir, target, precision=precision, overwrite=True, quiet=True)
+        )
+        scores[precision] = pl.read_parquet(target)["predicted_rating"].to_numpy()
+    out["argmax_agreement"] = float((scores["fp32"] == scores["int8"]).mean())
+    out["accuracy_delta"] = out["int8"]["accuracy"] - out["fp32"]["accuracy"]
+    out["rmse_expected_delta"] = out["int8"]["rmse_expected"] - out["fp32"]["rmse_expected"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--variants", nargs="*", default=["fixed", "packed", "vectors", "regression"]
+    )
+    parser.add_argument("--default", action="store_true", help="also train the default model")
+    parser.add_argument("--int8", type=Path, help="model dir whose int8 export to check")
+    args = parser.parse_args(argv)
+    WORK.mkdir(parents=True, exist_ok=True)
+    result: dict[str, object] = {"machine": machine(), "reference_article": REFERENCE_ARTICLE}
+    runs = {}
+    for variant in args.variants:
+        vectors = None
+        if variant == "vectors":
+            vectors = make_vectors(DEFAULT_REVIEWS, DEFAULT_SPLIT, WORK / "vectors-50d.txt")
+        runs[f"reference {variant}"] = train(
+            f"ref-{variant}", {"variant": variant}, reference=True, vectors=vectors
+        )
+    if args.default:
+        runs["default"] = train("default", {}, reference=False)
+    result["models"] = runs
+    for name, run in runs.items():
+        t = run["test"]
+        print(
+            f"{name:22s} acc {t['accuracy']:.4f}  F1 {t['macro_f1']:.4f}  RMSE {t['rmse']:.4f}  "
+            f"MAE {t['mae']:.4f}  RMSE(exp) {t['rmse_expected']:.4f}  "
+            f"({run['train_seconds']:.0f}s, best epoch {run['best_epoch']})"
+        )
+    if args.int8:
+        result["int8"] = int8_quality(args.int8)
+        q = result["int8"]
+        print(
+            f"int8 vs fp32: accuracy {q['accuracy_delta']:+.4f}, RMSE(exp) "
+            f"{q['rmse_expected_delta']:+.4f}, argmax agreement {q['argmax_agreement']:.2%}"
+        )
+    print(f"saved {save('quality', result)}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
