@@ -15,31 +15,19 @@ from pathlib import Path
 
 from benchmarks import e2e, model, quality, text
 from benchmarks.common import RESULTS, machine
-from scorer.presets import resolve
-from scorer.train import TrainJob, train_model
+from export.onnx_export import export_model
 
 REFERENCE_MODEL = quality.WORK / "ref-packed"
 
 
 def reference_model(quick: bool) -> Path:
     """The reference-size packed model (embedding 50, hidden 50, max_len 70)."""
-    if (REFERENCE_MODEL / "model.pt").is_file():
-        return REFERENCE_MODEL
-    options = {"variant": "packed", **({"epochs": 2} if quick else {})}
-    model_cfg, tok, train_cfg = resolve(options, reference=True)
-    quality.WORK.mkdir(parents=True, exist_ok=True)
-    train_model(
-        TrainJob(
-            data=quality.DEFAULT_REVIEWS,
-            out=REFERENCE_MODEL,
-            model=model_cfg,
-            tokenizer=tok,
-            train=train_cfg,
-            text_columns=quality.DEFAULT_TEXT_COLUMNS,
-            split_file=quality.DEFAULT_SPLIT,
-            overwrite=True,
-        )
-    )
+    if not (REFERENCE_MODEL / "model.pt").is_file():
+        quality.WORK.mkdir(parents=True, exist_ok=True)
+        options = {"variant": "packed", **({"epochs": 2} if quick else {})}
+        quality.train(REFERENCE_MODEL.name, options, reference=True)
+    if not (REFERENCE_MODEL / "model.onnx").is_file():
+        export_model(REFERENCE_MODEL)
     return REFERENCE_MODEL
 
 

@@ -70,10 +70,12 @@ class InferenceGraph(nn.Module):
         self.head = model.head
         self.outputs = RatingOutputs(labels, config.regression)
         self.fixed_lstm = None if config.packed else model.lstm
-        directions = (False, True) if config.bidirectional else (False,)
-        self.cells = nn.ModuleList(
-            nn.ModuleList(_single_direction(model.lstm, layer, rev) for rev in directions)
-            for layer in range(config.layers)
+        self.layers = (
+            nn.ModuleList(
+                _Layer(model.lstm, layer, config.bidirectional) for layer in range(config.layers)
+            )
+            if config.packed
+            else nn.ModuleList()
         )
         self.eval()
 
@@ -107,23 +109,116 @@ class InferenceGraph(nn.Module):
         return torch.cat([last, _masked_max(out.transpose(0, 1), lengths, steps)], dim=1)
 
     def _packed_features(self, x: torch.Tensor, lengths: torch.Tensor, steps: int) -> torch.Tensor:
-        time = torch.arange(steps, device=x.device)[:, None]
-        # Reverses each column within its length; applying it twice is the identity.
-        reverse = torch.where(time < lengths[None, :], lengths[None, :] - 1 - time, time)
-        last_step = (lengths - 1)[None, :, None]
-        finals: list[torch.Tensor] = []
-        for directions in self.cells:
-            outputs, finals = [], []
-            for cell, backward in zip(directions, (False, True), strict=False):
-                source = _gather_time(x, reverse) if backward else x
-                out, _ = cell(source)
-                finals.append(out.gather(0, last_step.expand(1, -1, out.shape[2])).squeeze(0))
-                outputs.append(_gather_time(out, reverse) if backward else out)
-            x = torch.cat(outputs, dim=2)
-        last = torch.cat(finals, dim=1)
+        last = x
+        for layer in self.layers:
+            x, last = _LengthAwareLSTM.apply(
+                x,
+                lengths,
+                layer.w,
+                layer.r,
+                layer.b,
+                layer.hidden,
+                layer.direction,
+                *layer.params(),
+            )
         if self.config.pooling == "last":
             return last
         return torch.cat([last, _masked_max(x, lengths, steps)], dim=1)
+
+
+# ONNX orders LSTM gates i, o, f, c; PyTorch orders them i, f, g(=c), o.
+_ONNX_GATES = (0, 3, 1, 2)
+
+
+def _onnx_gates(weight: torch.Tensor) -> torch.Tensor:
+    return torch.cat([weight.chunk(4, dim=0)[k] for k in _ONNX_GATES], dim=0)
+
+
+class _Layer(nn.Module):
+    """One layer of a packed (bi)LSTM: its single-direction cells for the eager reference, and
+    the same weights in ONNX layout (``W``, ``R``, ``B``) for the exported LSTM node."""
+
+    def __init__(self, lstm: nn.LSTM, layer: int, bidirectional: bool) -> None:
+        super().__init__()
+        reverses = (False, True) if bidirectional else (False,)
+        self.cells = nn.ModuleList(_single_direction(lstm, layer, rev) for rev in reverses)
+        self.hidden = lstm.hidden_size
+        self.direction = "bidirectional" if bidirectional else "forward"
+        with torch.no_grad():
+            self.register_buffer(
+                "w", torch.stack([_onnx_gates(c.weight_ih_l0) for c in self.cells])
+            )
+            self.register_buffer(
+                "r", torch.stack([_onnx_gates(c.weight_hh_l0) for c in self.cells])
+            )
+            self.register_buffer(
+                "b",
+                torch.stack(
+                    [
+                        torch.cat([_onnx_gates(c.bias_ih_l0), _onnx_gates(c.bias_hh_l0)])
+                        for c in self.cells
+                    ]
+                ),
+            )
+
+    def params(self) -> list[torch.Tensor]:
+        return [
+            p
+            for c in self.cells
+            for p in (c.weight_ih_l0, c.weight_hh_l0, c.bias_ih_l0, c.bias_hh_l0)
+        ]
+
+
+def _reference(x: torch.Tensor, lengths: torch.Tensor, params: tuple[torch.Tensor, ...]):
+    """(outputs [T, B, D*H], final states [B, D*H]) with packed semantics, by gathers: the
+    forward direction is read at ``length - 1``; the backward one runs over each column
+    reversed within its length and is un-reversed the same way."""
+    steps, batch = x.shape[0], x.shape[1]
+    time = torch.arange(steps, device=x.device)[:, None]
+    reverse = torch.where(time < lengths[None, :], lengths[None, :] - 1 - time, time)
+    last_step = (lengths - 1)[None, :, None]
+    outputs, finals = [], []
+    for direction in range(len(params) // 4):
+        weights = params[4 * direction : 4 * direction + 4]
+        hidden = weights[1].shape[1]
+        zeros = x.new_zeros((1, batch, hidden))
+        backward = direction == 1
+        source = _gather_time(x, reverse) if backward else x
+        out, _, _ = torch.lstm(
+            source, (zeros, zeros), list(weights), True, 1, 0.0, False, False, False
+        )
+        finals.append(out.gather(0, last_step.expand(1, -1, hidden)).squeeze(0))
+        outputs.append(_gather_time(out, reverse) if backward else out)
+    return torch.cat(outputs, dim=2), torch.cat(finals, dim=1)
+
+
+class _LengthAwareLSTM(torch.autograd.Function):
+    """Eagerly the gather formulation above; exported, one ONNX ``LSTM`` with
+    ``sequence_lens``, whose semantics are exactly those (each direction starts or stops at a
+    row's own length) and which spares onnxruntime the gathers and the unread outputs."""
+
+    @staticmethod
+    def forward(ctx, x, lengths, w, r, b, hidden, direction, *params):  # type: ignore[override]
+        return _reference(x, lengths, params)
+
+    @staticmethod
+    def symbolic(g, x, lengths, w, r, b, hidden, direction, *params):
+        seq = g.op("Cast", lengths, to_i=6)  # INT32
+        y, y_h, _ = g.op(
+            "LSTM", x, w, r, b, seq, hidden_size_i=hidden, direction_s=direction, outputs=3
+        )
+        # Y [T, D, B, H] -> [T, B, D*H]; Y_h [D, B, H] -> [B, D*H] (forward first, as in torch).
+        out = g.op(
+            "Reshape",
+            g.op("Transpose", y, perm_i=[0, 2, 1, 3]),
+            g.op("Constant", value_t=torch.tensor([0, 0, -1], dtype=torch.int64)),
+        )
+        final = g.op(
+            "Reshape",
+            g.op("Transpose", y_h, perm_i=[1, 0, 2]),
+            g.op("Constant", value_t=torch.tensor([0, -1], dtype=torch.int64)),
+        )
+        return out, final
 
 
 def _gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,8 @@ import polars as pl
 from scorer.data import read_split_file
 from scorer.errors import UserError
 from scorer.metrics import Metrics, rating_metrics
-from scorer.model_dir import ModelDir
 from scorer.pipeline import Pipeline
-from scorer.run import Chunk, encode_chunk, infer_chunk
-from scorer.session import open_scorer
+from scorer.run import Chunk, encode_chunk, infer_chunk, open_model
 from scorer.sources import check_columns, open_source
 
 
@@ -35,14 +33,8 @@ class EvalJob:
 
 
 def evaluate(job: EvalJob) -> Metrics:
-    model_dir = ModelDir.open(job.model_dir)
-    vocab = model_dir.vocab()
+    model_dir, vocab, scorer = open_model(job.model_dir, job.device, job.precision, job.threads)
     card = model_dir.card
-    scorer = open_scorer(
-        model_dir.path, device=job.device, precision=job.precision, threads=job.threads
-    )
-    if scorer.vocab_sha256 != vocab.sha256:
-        raise UserError(f"{scorer.path} was exported with another vocabulary")
     source = open_source(job.input)
     text_columns = job.text_columns or card.text_columns
     check_columns(source, text_columns, [job.label_column])

@@ -19,7 +19,7 @@ DEFAULT: dict[str, Any] = {
     "embedding_dim": 100,
     "hidden_dim": 128,
     "layers": 1,
-    "bidirectional": True,
+    "bidirectional": False,
     "pooling": "last+max",
     "dropout": 0.4,
     "max_len": 200,

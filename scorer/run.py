@@ -130,6 +130,21 @@ def infer_chunk(chunk: Chunk, scorer: OnnxScorer, batch_size: int) -> Chunk:
     )
 
 
+def open_model(
+    path: Path, device: str, precision: str, threads: int | None
+) -> tuple[ModelDir, Vocab, OnnxScorer]:
+    """The model directory, its checked vocabulary, and an inference session whose ONNX
+    file was exported with that very vocabulary."""
+    model_dir = ModelDir.open(path)
+    vocab = model_dir.vocab()
+    scorer = open_scorer(model_dir.path, device=device, precision=precision, threads=threads)
+    if scorer.vocab_sha256 != vocab.sha256:
+        raise UserError(
+            f"{scorer.path} was exported with another vocabulary than {model_dir.path}/vocab.json"
+        )
+    return model_dir, vocab, scorer
+
+
 def _check_output(job: RunJob) -> None:
     out = job.out
     if not out.parent.is_dir():
@@ -173,15 +188,7 @@ def run_scoring(job: RunJob) -> RunSummary:
     _check_output(job)
     if job.batch_size < 1 or job.chunk_rows < 1:
         raise UserError("--batch-size and --chunk-rows must be >= 1")
-    model_dir = ModelDir.open(job.model_dir)
-    vocab = model_dir.vocab()
-    scorer = open_scorer(
-        model_dir.path, device=job.device, precision=job.precision, threads=job.threads
-    )
-    if scorer.vocab_sha256 != vocab.sha256:
-        raise UserError(
-            f"{scorer.path} was exported with another vocabulary than {model_dir.path}/vocab.json"
-        )
+    model_dir, vocab, scorer = open_model(job.model_dir, job.device, job.precision, job.threads)
     source = open_source(job.input)
     text_columns = job.text_columns or model_dir.card.text_columns
     keep = job.keep_columns if job.keep_columns is not None else default_keep_columns(source.schema)
