@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.quick:
         results["quality"] = quality.main(["--default", "--int8", str(model_dir)])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"{date.today().isoformat()}-{socket.gethostname()}"
+    suffix = "-quick" if args.quick else ""
+    stem = RESULTS / f"{date.today().isoformat()}-{socket.gethostname()}{suffix}"
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(results))
     print(markdown(results))

@@ -116,6 +116,38 @@ def int8_quality(model_dir: Path) -> dict:
     return out
 
 
+def onnx_parity(model_dir: Path) -> dict[str, object]:
+    """PyTorch (pack_padded_sequence) against the exported ONNX model on every test review."""
+    import onnxruntime as ort
+    import torch
+
+    from export.graph import ReferenceOutputs
+    from export.onnx_export import export_model
+    from scorer.model_dir import ModelDir
+
+    path = export_model(model_dir).path
+    directory = ModelDir.open(model_dir)
+    card = directory.card
+    texts = read_texts(read_table(DEFAULT_REVIEWS), card.text_columns, DEFAULT_REVIEWS)
+    texts = texts.filter(read_split_file(DEFAULT_SPLIT, len(texts)) == "test")
+    enc = directory.vocab().encode(
+        texts, max_len=card.tokenizer.max_len, keep_whitespace=card.tokenizer.keep_whitespace
+    )
+    reference = ReferenceOutputs(directory.load_model(), card.labels)
+    with torch.inference_mode():
+        want, _ = reference(
+            torch.from_numpy(enc.ids), torch.from_numpy(enc.lengths.astype(np.int64))
+        )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got, _ = session.run(None, {"input_ids": enc.ids, "lengths": enc.lengths.astype(np.int64)})
+    want = want.numpy()
+    return {
+        "rows": len(texts),
+        "max_abs_diff": float(np.abs(got - want).max()),
+        "argmax_mismatches": int((got.argmax(1) != want.argmax(1)).sum()),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -123,8 +155,24 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     )
     parser.add_argument("--default", action="store_true", help="also train the default model")
     parser.add_argument("--int8", type=Path, help="model dir whose int8 export to check")
+    parser.add_argument(
+        "--parity-only",
+        nargs="*",
+        type=Path,
+        default=None,
+        help="only check ONNX parity of these trained model dirs",
+    )
     args = parser.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
+    if args.parity_only is not None:
+        parity = {str(d): onnx_parity(d) for d in args.parity_only}
+        for name, p in parity.items():
+            print(
+                f"{name}: ONNX vs PyTorch on {p['rows']} test reviews: max |diff| "
+                f"{p['max_abs_diff']:.1e}, {p['argmax_mismatches']} argmax differences"
+            )
+        print(f"saved {save('parity', {'machine': machine(), 'parity': parity})}")
+        return {"parity": parity}
     result: dict[str, object] = {"machine": machine(), "reference_article": REFERENCE_ARTICLE}
     runs = {}
     for variant in args.variants:
@@ -136,6 +184,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         )
     if args.default:
         runs["default"] = train("default", {}, reference=False)
+    for run in runs.values():
+        run["onnx_parity"] = onnx_parity(Path(run["model_dir"]))
+        print(
+            f"{run['model_dir']}: ONNX vs PyTorch on {run['onnx_parity']['rows']} test reviews:"
+            f" max |diff| {run['onnx_parity']['max_abs_diff']:.1e}, "
+            f"{run['onnx_parity']['argmax_mismatches']} argmax differences"
+        )
     result["models"] = runs
     for name, run in runs.items():
         t = run["test"]

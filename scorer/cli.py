@@ -172,7 +172,7 @@ def run_command(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto | fp32 | int8.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Rows per inference batch.")] = 2048,
-    chunk_rows: Annotated[int, typer.Option(help="Rows per pipeline chunk.")] = 100_000,
+    chunk_rows: Annotated[int, typer.Option(help="Rows per pipeline chunk.")] = 50_000,
     threads: Annotated[
         int | None, typer.Option(help="onnxruntime intra-op threads (default: all cores).")
     ] = None,

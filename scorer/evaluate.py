@@ -27,7 +27,7 @@ class EvalJob:
     precision: str = "auto"
     batch_size: int = 2048
     threads: int | None = None
-    chunk_rows: int = 100_000
+    chunk_rows: int = 50_000
     split_file: Path | None = None
     split: str = "test"
 

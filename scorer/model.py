@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from scorer.config import ModelConfig
+from scorer.errors import UserError
 
 
 class ReviewLSTM(nn.Module):
@@ -45,9 +44,12 @@ class ReviewLSTM(nn.Module):
         # An empty review still runs one step (over PAD, whose embedding is zero).
         lengths = lengths.clamp(1, steps)
         x = self.embed_dropout(self.embedding(ids))
-        with _lstm_precision(x):
-            if _lstm_precision.fp32_on_cpu(x):
-                x = x.float()
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # oneDNN has no bf16 LSTM kernel on CPUs without AVX512-BF16: under CPU autocast
+            # the LSTM alone runs in fp32 (embedding and head still take the bf16 path).
+            with torch.autocast("cpu", enabled=False):
+                out, h = self._recur(x.float(), lengths, steps)
+        else:
             out, h = self._recur(x, lengths, steps)
         features = self._final_state(h)
         if self.config.pooling == "last+max":
@@ -78,30 +80,11 @@ class ReviewLSTM(nn.Module):
         return h[-1]
 
 
-class _LstmPrecision:
-    """oneDNN has no bf16 LSTM kernel on CPUs without AVX512-BF16, so under CPU autocast the
-    LSTM alone runs in fp32 (embedding and head still take the bf16 path)."""
-
-    @staticmethod
-    def fp32_on_cpu(x: torch.Tensor) -> bool:
-        return x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-
-    def __call__(self, x: torch.Tensor):
-        if self.fp32_on_cpu(x):
-            return torch.autocast("cpu", enabled=False)
-        return contextlib.nullcontext()
-
-
-_lstm_precision = _LstmPrecision()
-
-
 def load_vectors(path, vocab_tokens: tuple[str, ...], dim: int | None, seed: int) -> np.ndarray:
     """Embedding matrix from a GloVe-format text file (``word v1 ... vd`` per line).
 
     Rows of words the file lacks are random (scaled like the file's vectors); PAD is zero.
     """
-    from scorer.errors import UserError
-
     index = {t: i for i, t in enumerate(vocab_tokens)}
     found: dict[int, np.ndarray] = {}
     width = dim

@@ -23,7 +23,7 @@ class _Failed:
 
 
 class Pipeline:
-    def __init__(self, stages: Sequence[tuple[str, Callable[[Any], Any]]], depth: int = 2):
+    def __init__(self, stages: Sequence[tuple[str, Callable[[Any], Any]]], depth: int = 1):
         self.stages = list(stages)
         self.depth = depth
         self.seconds: dict[str, float] = {"read": 0.0, **{name: 0.0 for name, _ in stages}}

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from scorer.data import require_columns, text_expr
 from scorer.errors import UserError
@@ -54,14 +56,41 @@ class Source:
         skip_rows: int = 0,
     ) -> Iterator[pl.DataFrame]:
         """Frames of at most ``chunk_rows`` rows: the kept columns and ``text``, in order."""
-        frame = self._scan().select(*keep_columns, text_expr(text_columns, self.schema))
-        if skip_rows:
-            frame = frame.slice(skip_rows)
+        select = [*keep_columns, text_expr(text_columns, self.schema)]
         try:
+            if self.kind == "parquet":
+                yield from self._parquet_batches(select, chunk_rows, skip_rows)
+                return
+            frame = self._scan().select(*select)
+            if skip_rows:
+                frame = frame.slice(skip_rows)
             for batch in frame.collect_batches(chunk_size=chunk_rows):
                 yield from _split(batch, chunk_rows)
-        except (pl.exceptions.PolarsError, OSError) as exc:
+        except (pl.exceptions.PolarsError, pa.ArrowException, OSError) as exc:
             raise UserError(f"cannot read {self.describe()}: {_first_line(exc)}") from None
+
+    def _parquet_batches(
+        self, select: list, chunk_rows: int, skip_rows: int
+    ) -> Iterator[pl.DataFrame]:
+        """Row group by row group with pyarrow: memory stays bounded whatever the file size."""
+        needed = _referenced(select, self.schema)
+        columns = [name for name in self.schema.names() if name in needed]
+        for file in self.files:
+            # pre_buffer keeps every coalesced read of the file alive until the file is closed,
+            # so memory grew with the input; without it, it stays flat.
+            parquet = pq.ParquetFile(file.path, pre_buffer=False)
+            rows = parquet.metadata.num_rows
+            if skip_rows >= rows:
+                skip_rows -= rows
+                continue
+            for batch in parquet.iter_batches(batch_size=chunk_rows, columns=columns):
+                frame = pl.from_arrow(batch)
+                assert isinstance(frame, pl.DataFrame)
+                if skip_rows:
+                    take = min(skip_rows, len(frame))
+                    frame, skip_rows = frame.slice(take), skip_rows - take
+                if len(frame):
+                    yield frame.select(select)
 
     def count_rows(self) -> int:
         """Rows in the input (Parquet: from footers; CSV and NDJSON: one streaming pass)."""
@@ -74,6 +103,17 @@ class Source:
         if len(self.files) == 1:
             return str(self.files[0].path)
         return f"{len(self.files)} {self.kind} files under {self.files[0].path.parent}"
+
+
+def _referenced(select: list, schema: pl.Schema) -> set[str]:
+    """Input columns the selection reads (text columns and kept columns)."""
+    names: set[str] = set()
+    for expr in select:
+        if isinstance(expr, str):
+            names.add(expr)
+        else:
+            names |= set(expr.meta.root_names())
+    return names & set(schema.names())
 
 
 def _split(batch: pl.DataFrame, rows: int) -> Iterator[pl.DataFrame]:
