@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import dataclass
@@ -160,7 +159,3 @@ def read_metadata(path: Path) -> dict[str, str]:
 
     model = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in model.metadata_props}
-
-
-def card_from_metadata(meta: dict[str, str]) -> dict:
-    return json.loads(meta[META_CARD])
