@@ -73,39 +73,62 @@ def naive_export(model, path: Path, batch: int, width: int) -> None:
         )
 
 
-def sessions(model_dir: Path, work: Path, batch: int, width: int) -> dict[str, object]:
+NAIVE = "onnx naive export (ort defaults)"
+SCORER = "onnx folded export, as scorer run runs it"
+
+
+def runners(model_dir: Path, work: Path, width: int):
+    """name -> (ids, lengths) -> zero-argument call scoring them once; the model; the report.
+
+    "2 intra-op threads" is one call with onnxruntime splitting each op over 2 threads;
+    "2 x 1-thread slices" is how `scorer run` calls a model on CPU (scorer.session.OnnxScorer:
+    slices of <= 1024 rows, run concurrently by single-threaded calls). The naive export is
+    measured both ways, so the gain of each change is visible on its own.
+    """
     import onnxruntime as ort
 
     from export.onnx_export import export_model
     from scorer.model_dir import ModelDir
+    from scorer.session import open_scorer
 
     model = ModelDir.open(model_dir).load_model()
     naive = work / "naive.onnx"
-    naive_export(model, naive, batch, width)
-    result = export_model(model_dir, work / "model.onnx", int8=True)
-    optimized = work / "model.optimized.onnx"
+    naive_export(model, naive, 2, width)
+    folded = export_model(model_dir, work / "model.onnx", int8=True, graph="folded")
+    fused = export_model(model_dir, work / "fused.onnx", graph="fused")
+    optimized = work / "folded.optimized.onnx"
 
-    def session(path: Path, level: str = "ORT_ENABLE_ALL", save_to: Path | None = None):
+    def session(path: Path, threads: int, level: str = "ORT_ENABLE_ALL", save_to=None):
         options = ort.SessionOptions()
-        options.intra_op_num_threads = THREADS
+        options.intra_op_num_threads = threads
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
         if save_to is not None:
             options.optimized_model_filepath = str(save_to)
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    session(result.path, save_to=optimized)  # writes the offline-optimized graph
+    session(folded.path, 1, save_to=optimized)  # writes the offline-optimized graph
     naive_options = ort.SessionOptions()
     naive_options.intra_op_num_threads = THREADS
-    return {
-        "onnx naive export (ort defaults)": ort.InferenceSession(
-            str(naive), naive_options, providers=["CPUExecutionProvider"]
+    naive_session = ort.InferenceSession(
+        str(naive), naive_options, providers=["CPUExecutionProvider"]
+    )
+    fp32 = open_scorer(work, device="cpu", precision="fp32", threads=THREADS)
+    int8 = open_scorer(work, device="cpu", precision="int8", threads=THREADS)
+    made = {
+        NAIVE: _whole(naive_session),
+        "onnx naive export, 2 x 1-thread slices": _sliced(session(naive, 1)),
+        "onnx fused export (LSTM op), 2 intra-op threads": _whole(session(fused.path, THREADS)),
+        "onnx folded export, 2 intra-op threads": _whole(session(folded.path, THREADS)),
+        "onnx folded export, offline-optimized, 2 x 1-thread slices": _sliced(
+            session(optimized, 1, "ORT_DISABLE_ALL")
         ),
-        "onnx scorer export": session(result.path),
-        "onnx scorer export, offline-optimized": session(optimized, "ORT_DISABLE_ALL"),
-        "onnx scorer export, int8": session(result.extras["int8"]),
-        "_model": model,
-        "_report": result.report,
+        "onnx int8 (fused), 2 intra-op threads": _whole(session(folded.extras["int8"], THREADS)),
+        "onnx int8 (fused), 2 x 1-thread slices": lambda ids, lengths: (
+            lambda: int8.run(ids, lengths)
+        ),
+        SCORER: lambda ids, lengths: lambda: fp32.run(ids, lengths),
     }
+    return made, model, folded.report
 
 
 def run(model_dir: Path, batches: list[int], width: int, repeats: int) -> dict[str, object]:
@@ -115,22 +138,20 @@ def run(model_dir: Path, batches: list[int], width: int, repeats: int) -> dict[s
     rng = np.random.default_rng(0)
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        made = sessions(model_dir, Path(tmp), max(batches), width)
-        model = made.pop("_model")
-        report = made.pop("_report")
+        made, model, report = runners(model_dir, Path(tmp), width)
         config = model.config
         for batch in batches:
             ids = rng.integers(2, config.vocab_size, size=(batch, width)).astype(np.int32)
             lengths = np.full(batch, width, dtype=np.int64)
+            calls = {name: make(ids, lengths) for name, make in made.items()}
             t_ids, t_len = torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(lengths)
-            contenders = {name: _ort_call(session, ids, lengths) for name, session in made.items()}
 
             def eager(t_ids=t_ids, t_len=t_len):
                 with torch.inference_mode():
                     model(t_ids, t_len)
 
-            contenders["torch eager"] = eager
-            times = interleaved(contenders, repeats=repeats)
+            calls["torch eager"] = eager
+            times = interleaved(calls, repeats=repeats)
             results[str(batch)] = {name: batch / median(ts) for name, ts in times.items()}
     gflops = gemm_gflops()
     directions = 2 if config.bidirectional else 1
@@ -159,18 +180,49 @@ def run(model_dir: Path, batches: list[int], width: int, repeats: int) -> dict[s
     }
 
 
-def _ort_call(session, ids: np.ndarray, lengths: np.ndarray):
-    names = {i.name for i in session.get_inputs()}
-    feeds = {
-        "input_ids": ids if "lengths" in names and _is_int32(session) else ids.astype(np.int64)
-    }
-    if "lengths" in names:
+def _feeds(session, ids: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
+    inputs = {i.name: i.type for i in session.get_inputs()}
+    dtype = np.int32 if inputs["input_ids"] == "tensor(int32)" else np.int64
+    feeds = {"input_ids": ids.astype(dtype)}
+    if "lengths" in inputs:
         feeds["lengths"] = lengths
-    return lambda: session.run(None, feeds)
+    return feeds
 
 
-def _is_int32(session) -> bool:
-    return session.get_inputs()[0].type == "tensor(int32)"
+def _whole(session):
+    """One call on the whole batch."""
+
+    def make(ids: np.ndarray, lengths: np.ndarray):
+        feeds = _feeds(session, ids, lengths)
+        return lambda: session.run(None, feeds)
+
+    return make
+
+
+def _sliced(session):
+    """Concurrent single-threaded calls on the scorer's CPU slices, through IO binding as in
+    scorer.session.OnnxScorer (for graphs whose inputs differ from the contract's)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scorer.session import cpu_slices
+
+    pool = ThreadPoolExecutor(THREADS)
+    outputs = [o.name for o in session.get_outputs()]
+
+    def call(feeds: dict[str, np.ndarray]):
+        binding = session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, array)
+        for name in outputs:
+            binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+    def make(ids: np.ndarray, lengths: np.ndarray):
+        parts = [_feeds(session, ids[s], lengths[s]) for s in cpu_slices(len(ids), THREADS)]
+        return lambda: list(pool.map(call, parts))
+
+    return make
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -182,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parser.parse_args(argv)
     result = run(args.model_dir, args.batches, args.width, args.repeats)
     for batch, rates in result["reviews_per_s"].items():
-        naive = rates["onnx naive export (ort defaults)"]
+        naive = rates[NAIVE]
         for name, rate in rates.items():
             print(
                 f"batch {batch:>5}  {name:40s} {rate:10,.0f} reviews/s  ({rate / naive:.2f}x naive)"

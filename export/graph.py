@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from export.fold import FoldedLSTM, folded_weights, step_ids
 from scorer.model import ReviewLSTM
 
 
@@ -61,14 +62,26 @@ class RatingOutputs(nn.Module):
 class InferenceGraph(nn.Module):
     """(input_ids [B, T] int32, lengths [B] int64) -> (probs [B, K], expected_rating [B])."""
 
-    def __init__(self, model: ReviewLSTM, labels: tuple[float, ...], max_len: int) -> None:
+    def __init__(
+        self, model: ReviewLSTM, labels: tuple[float, ...], max_len: int, fold: bool = False
+    ) -> None:
         super().__init__()
         config = model.config
+        if fold and config.layers != 1:
+            raise ValueError("only a one-layer model has its embedding folded")
         self.config = config
         self.max_len = max_len
         self.embedding = model.embedding
         self.head = model.head
         self.outputs = RatingOutputs(labels, config.regression)
+        self.folded = (
+            nn.ModuleList(
+                _FoldedDirection(model, reverse)
+                for reverse in ((False, True) if config.bidirectional else (False,))
+            )
+            if fold
+            else nn.ModuleList()
+        )
         self.fixed_lstm = None if config.packed else model.lstm
         self.layers = (
             nn.ModuleList(
@@ -89,15 +102,38 @@ class InferenceGraph(nn.Module):
             ids = nn.functional.pad(ids, (0, self.max_len - ids.shape[1]))
         steps = ids.shape[1]
         lengths = torch.clamp(lengths, 1, steps)
+        if len(self.folded):
+            features = self._folded_features(ids, lengths)
+        else:
+            features = self._unfolded_features(ids, lengths, steps)
+        output = self.head(features)
+        if self.config.regression:
+            output = output.squeeze(-1)
+        return self.outputs(output)
+
+    def _folded_features(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        want_max = self.config.pooling == "last+max"
+        finals, maxima = [], []
+        for direction in self.folded:
+            arranged, valid = step_ids(
+                ids, lengths, direction.hold, self.config.packed, direction.reverse
+            )
+            final, best = FoldedLSTM.apply(
+                arranged, valid, direction.table, direction.recurrent, want_max
+            )
+            finals.append(final)
+            maxima.append(best)
+        return torch.cat(finals + maxima if want_max else finals, dim=1)
+
+    def _unfolded_features(
+        self, ids: torch.Tensor, lengths: torch.Tensor, steps: int
+    ) -> torch.Tensor:
         x = self.embedding(ids.long()).transpose(0, 1)  # [T, B, E]
         if self.fixed_lstm is not None:
             features = self._fixed_features(x, lengths, steps)
         else:
             features = self._packed_features(x, lengths, steps)
-        output = self.head(features)
-        if self.config.regression:
-            output = output.squeeze(-1)
-        return self.outputs(output)
+        return features
 
     def _fixed_features(self, x: torch.Tensor, lengths: torch.Tensor, steps: int) -> torch.Tensor:
         lstm = self.fixed_lstm
@@ -124,6 +160,18 @@ class InferenceGraph(nn.Module):
         if self.config.pooling == "last":
             return last
         return torch.cat([last, _masked_max(x, lengths, steps)], dim=1)
+
+
+class _FoldedDirection(nn.Module):
+    """Layer 0 of one direction with its embedding folded in (see export.fold)."""
+
+    def __init__(self, model: ReviewLSTM, reverse: bool) -> None:
+        super().__init__()
+        table, recurrent = folded_weights(model.embedding.weight, model.lstm, reverse)
+        self.reverse = reverse
+        self.hold = table.shape[0] - 1
+        self.register_buffer("table", table)
+        self.register_buffer("recurrent", recurrent)
 
 
 # ONNX orders LSTM gates i, o, f, c; PyTorch orders them i, f, g(=c), o.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -18,9 +19,10 @@ from export.contract import (
     META_VOCAB_SHA256,
     OUTPUTS,
 )
+from export.fold import expand_folded
 from export.validate import ValidationReport, validate_against_torch
 from scorer.errors import UserError
-from scorer.io import atomic_path
+from scorer.io import atomic_path, make_temp_dir
 from scorer.model_dir import ONNX, ModelDir
 
 DEFAULT_OPSET = 17
@@ -76,6 +78,7 @@ def _stamp_metadata(path: Path, model_dir: ModelDir, precision: str) -> None:
     import onnx
 
     model = onnx.load(str(path))
+    expand_folded(model)
     _declare_all_inputs(model)
     meta = {
         META_CARD: model_dir.card.to_json(),
@@ -112,13 +115,12 @@ def export_model(
     *,
     opset: int = DEFAULT_OPSET,
     int8: bool = False,
+    graph: str = "auto",
 ) -> ExportResult:
     """Export, stamp metadata, run onnx.checker and the numeric validation grid.
 
     Nothing is left at ``out`` unless every check passed.
     """
-    from export.graph import InferenceGraph
-
     start = time.perf_counter()
     model_dir = ModelDir.open(model_dir_path)
     model = model_dir.load_model()
@@ -126,17 +128,52 @@ def export_model(
     target = Path(out) if out else model_dir.path / ONNX
     if not target.parent.is_dir():
         raise UserError(f"{target.parent} does not exist")
-    graph = InferenceGraph(model, card.labels, card.tokenizer.max_len)
+    fold = _want_fold(graph, card.model.layers)
     with atomic_path(target) as tmp:
-        _torch_export(graph, tmp, opset)
-        _stamp_metadata(tmp, model_dir, "fp32")
-        report = validate_against_torch(tmp, model, card)
-        if not report.passed:
-            raise UserError(f"exported model failed validation: {report.line()}")
+        report = _export_validated(model_dir, model, tmp, opset, fold)
     extras: dict[str, Path] = {}
     if int8:
-        extras["int8"] = quantize_int8(target, target.with_name(INT8_NAME), model_dir)
+        extras["int8"] = _int8_twin(model_dir, model, target.with_name(INT8_NAME), opset)
     return ExportResult(target, report, extras, time.perf_counter() - start)
+
+
+def _export_validated(
+    model_dir: ModelDir, model, path: Path, opset: int, fold: bool
+) -> ValidationReport:
+    from export.graph import InferenceGraph
+
+    card = model_dir.card
+    _torch_export(InferenceGraph(model, card.labels, card.tokenizer.max_len, fold), path, opset)
+    _stamp_metadata(path, model_dir, "fp32")
+    report = validate_against_torch(path, model, card)
+    if not report.passed:
+        raise UserError(f"exported model failed validation: {report.line()}")
+    return report
+
+
+def _int8_twin(model_dir: ModelDir, model, target: Path, opset: int) -> Path:
+    """Quantized from the fused graph: onnxruntime quantizes its LSTM op (DynamicQuantizeLSTM)
+    but leaves the folded graph's time loop in fp32."""
+    work = make_temp_dir(target)
+    try:
+        fused = work / "fused.onnx"
+        _export_validated(model_dir, model, fused, opset, fold=False)
+        return quantize_int8(fused, target, model_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+GRAPHS = ("auto", "folded", "fused")
+
+
+def _want_fold(graph: str, layers: int) -> bool:
+    """``folded`` (the embedding folded into layer 0, see export.fold) is the faster CPU graph
+    and ``auto``'s choice for one-layer models; ``fused`` keeps onnxruntime's LSTM op."""
+    if graph not in GRAPHS:
+        raise UserError(f"--graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
+    if graph == "folded" and layers != 1:
+        raise UserError(f"--graph folded needs a one-layer model; this one has {layers} layers")
+    return graph == "folded" or (graph == "auto" and layers == 1)
 
 
 def quantize_int8(source: Path, target: Path, model_dir: ModelDir) -> Path:

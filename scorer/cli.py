@@ -152,11 +152,18 @@ def export_command(
     int8: Annotated[
         bool, typer.Option("--int8", help="Also write model.int8.onnx (CPU hosts).")
     ] = False,
+    graph: Annotated[
+        str,
+        typer.Option(
+            help="auto | folded (embedding folded into layer 0: faster on CPU; one-layer "
+            "models) | fused (onnxruntime's LSTM op). auto: folded when the model allows."
+        ),
+    ] = "auto",
 ) -> None:
     """Export to ONNX (dynamic batch and sequence axes) and validate it against PyTorch."""
     from export.onnx_export import export_model
 
-    typer.echo(export_model(model_dir, out, opset=opset, int8=int8).line())
+    typer.echo(export_model(model_dir, out, opset=opset, int8=int8, graph=graph).line())
 
 
 @app.command("run")

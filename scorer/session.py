@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,11 @@ from export.contract import META_CARD, META_VOCAB_SHA256
 from scorer.errors import UserError
 
 FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+# On CPU a batch is cut into slices of at most this many rows, run concurrently by
+# single-threaded calls: one thread per slice beats onnxruntime splitting every op of the
+# folded graph's time loop across threads (measured in benchmarks/model.py), and slices of
+# this size keep a step's working set near the core's cache.
+CPU_SLICE_ROWS = 1024
 
 
 def _onnxruntime():
@@ -49,7 +57,11 @@ def pick_model_file(model_dir: Path, precision: str) -> tuple[Path, str]:
 
 @dataclass
 class OnnxScorer:
-    """One inference session; ``device`` and ``provider`` say what actually runs."""
+    """One inference session; ``device`` and ``provider`` say what actually runs.
+
+    On CPU the session runs single-threaded calls from ``workers`` threads, each on a slice of
+    the batch (onnxruntime sessions accept concurrent calls); on CUDA one call takes the batch.
+    """
 
     session: object
     path: Path
@@ -59,10 +71,27 @@ class OnnxScorer:
     sha256: str
     card: dict
     vocab_sha256: str
+    workers: int = 1
+    _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     def run(self, ids: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(probs [B, K], expected [B]) through IO binding (host buffers are bound directly;
-        onnxruntime copies them to the device when the provider is CUDA)."""
+        """(probs [B, K], expected [B]) for a batch (see the class docstring)."""
+        slices = cpu_slices(len(ids), self.workers) if self.device == "cpu" else [slice(None)]
+        if len(slices) == 1:
+            return self._run_one(ids, lengths)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="onnxruntime")
+        parts = list(self._pool.map(lambda s: self._run_one(ids[s], lengths[s]), slices))
+        return np.concatenate([p for p, _ in parts]), np.concatenate([e for _, e in parts])
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def _run_one(self, ids: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One call through IO binding (host buffers are bound directly; onnxruntime copies
+        them to the device when the provider is CUDA)."""
         binding = self.session.io_binding()
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int32))
         binding.bind_cpu_input("lengths", np.ascontiguousarray(lengths, dtype=np.int64))
@@ -71,6 +100,22 @@ class OnnxScorer:
         self.session.run_with_iobinding(binding)
         probs, expected = binding.copy_outputs_to_cpu()
         return probs, expected
+
+
+def cpu_slices(rows: int, workers: int) -> list[slice]:
+    """Near-equal slices of at most CPU_SLICE_ROWS rows, at least one per worker."""
+    count = max(min(workers, rows), -(-rows // CPU_SLICE_ROWS), 1)
+    bounds = np.linspace(0, rows, count + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in pairwise(bounds)]
+
+
+def cpu_workers(threads: int | None) -> int:
+    if threads:
+        return threads
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def open_scorer(
@@ -90,8 +135,8 @@ def open_scorer(
     path, chosen = pick_model_file(Path(model_dir), precision)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
+    # CPU: parallel across batch slices instead of inside each op (see OnnxScorer).
+    options.intra_op_num_threads = 1 if not want_cuda else (threads or 0)
     options.inter_op_num_threads = 1
     providers = (
         ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
@@ -117,4 +162,5 @@ def open_scorer(
         sha256=file_sha256(path),
         card=json.loads(meta[META_CARD]),
         vocab_sha256=vocab_sha256 or "",
+        workers=1 if ran_cuda else cpu_workers(threads),
     )
