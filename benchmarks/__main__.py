@@ -13,7 +13,7 @@ import socket
 from datetime import date
 from pathlib import Path
 
-from benchmarks import e2e, model, quality, text
+from benchmarks import common, e2e, model, quality, text
 from benchmarks.common import RESULTS, machine
 from export.onnx_export import export_model
 
@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
+    if args.quick:
+        common.RUN_TAG = "-quick"
     model_dir = reference_model(args.quick)
     results: dict = {"machine": machine(), "quick": args.quick}
     results["text"] = text.main(["--repeats", "3" if args.quick else "5"])

@@ -21,15 +21,24 @@ LIBRARIES = ("numpy", "polars", "pyarrow", "onnxruntime", "onnxruntime-gpu", "to
 
 
 def interleaved(
-    contenders: dict[str, Callable[[], object]], *, repeats: int = 3, warmup: int = 1
+    contenders: dict[str, Callable[[], object]],
+    *,
+    repeats: int = 3,
+    warmup: int = 1,
+    pause: float = 0.05,
 ) -> dict[str, list[float]]:
-    """Seconds per run for each contender, run in turn (A B A B ...) after warm-up runs."""
+    """Seconds per run for each contender, run in turn (A B A B ...) after warm-up runs.
+
+    ``pause`` seconds between runs let the previous contender's idle threads (onnxruntime's
+    spin-waiting intra-op pool) stop competing for the cores.
+    """
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, fn in contenders.items():
+            time.sleep(pause)
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -89,10 +98,15 @@ def machine() -> dict[str, object]:
     }
 
 
+# Appended to result file names: `python -m benchmarks --quick` sets "-quick" so a quick run
+# never overwrites the figures of a full one.
+RUN_TAG = ""
+
+
 def save(name: str, payload: dict[str, object]) -> Path:
-    """Write ``results/<date>-<host>-<name>.json`` and return its path."""
+    """Write ``results/<date>-<host>-<name><RUN_TAG>.json`` and return its path."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{date.today().isoformat()}-{socket.gethostname()}-{name}.json"
+    path = RESULTS / f"{date.today().isoformat()}-{socket.gethostname()}-{name}{RUN_TAG}.json"
     payload = {"benchmark": name, "date": date.today().isoformat(), **payload}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path

@@ -92,6 +92,7 @@ def runners(model_dir: Path, work: Path, width: int):
     from scorer.session import open_scorer
 
     model = ModelDir.open(model_dir).load_model()
+    hidden = model.config.hidden_dim
     naive = work / "naive.onnx"
     naive_export(model, naive, 2, width)
     folded = export_model(model_dir, work / "model.onnx", int8=True, graph="folded")
@@ -101,6 +102,7 @@ def runners(model_dir: Path, work: Path, width: int):
     def session(path: Path, threads: int, level: str = "ORT_ENABLE_ALL", save_to=None):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
         if save_to is not None:
             options.optimized_model_filepath = str(save_to)
@@ -116,11 +118,11 @@ def runners(model_dir: Path, work: Path, width: int):
     int8 = open_scorer(work, device="cpu", precision="int8", threads=THREADS)
     made = {
         NAIVE: _whole(naive_session),
-        "onnx naive export, 2 x 1-thread slices": _sliced(session(naive, 1)),
+        "onnx naive export, 2 x 1-thread slices": _sliced(session(naive, 1), hidden),
         "onnx fused export (LSTM op), 2 intra-op threads": _whole(session(fused.path, THREADS)),
         "onnx folded export, 2 intra-op threads": _whole(session(folded.path, THREADS)),
         "onnx folded export, offline-optimized, 2 x 1-thread slices": _sliced(
-            session(optimized, 1, "ORT_DISABLE_ALL")
+            session(optimized, 1, "ORT_DISABLE_ALL"), hidden
         ),
         "onnx int8 (fused), 2 intra-op threads": _whole(session(folded.extras["int8"], THREADS)),
         "onnx int8 (fused), 2 x 1-thread slices": lambda ids, lengths: (
@@ -199,12 +201,12 @@ def _whole(session):
     return make
 
 
-def _sliced(session):
+def _sliced(session, hidden: int):
     """Concurrent single-threaded calls on the scorer's CPU slices, through IO binding as in
     scorer.session.OnnxScorer (for graphs whose inputs differ from the contract's)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from scorer.session import cpu_slices
+    from scorer.session import cpu_slices, slice_rows_for
 
     pool = ThreadPoolExecutor(THREADS)
     outputs = [o.name for o in session.get_outputs()]
@@ -219,7 +221,8 @@ def _sliced(session):
         return binding.copy_outputs_to_cpu()
 
     def make(ids: np.ndarray, lengths: np.ndarray):
-        parts = [_feeds(session, ids[s], lengths[s]) for s in cpu_slices(len(ids), THREADS)]
+        slices = cpu_slices(len(ids), THREADS, slice_rows_for(hidden))
+        parts = [_feeds(session, ids[s], lengths[s]) for s in slices]
         return lambda: list(pool.map(call, parts))
 
     return make

@@ -10,8 +10,10 @@ Instead, for a packed model:
   it too starts at the real last token; its outputs are un-reversed with the same gather.
 
 Each direction of each layer is a single-direction, time-major ``nn.LSTM`` (ONNX ``LSTM`` with
-``layout=0``, which every onnxruntime provider accepts). The export's validation checks this
-against the PyTorch model with ``pack_padded_sequence`` on a grid of shapes.
+``layout=0``, which every onnxruntime provider accepts). With ``fold=True`` (one-layer models)
+the embedding and the LSTM are instead the folded recurrence of ``export.fold``. The export's
+validation checks either against the PyTorch model with ``pack_padded_sequence`` on a grid of
+shapes.
 """
 
 from __future__ import annotations

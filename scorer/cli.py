@@ -181,7 +181,11 @@ def run_command(
     batch_size: Annotated[int, typer.Option(help="Rows per inference batch.")] = 2048,
     chunk_rows: Annotated[int, typer.Option(help="Rows per pipeline chunk.")] = 50_000,
     threads: Annotated[
-        int | None, typer.Option(help="onnxruntime intra-op threads (default: all cores).")
+        int | None,
+        typer.Option(
+            help="CPU threads: tokenizer threads, and concurrent onnxruntime calls on "
+            "slices of each batch (default: all cores)."
+        ),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,

@@ -16,11 +16,11 @@ from export.contract import META_CARD, META_VOCAB_SHA256
 from scorer.errors import UserError
 
 FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
-# On CPU a batch is cut into slices of at most this many rows, run concurrently by
-# single-threaded calls: one thread per slice beats onnxruntime splitting every op of the
-# folded graph's time loop across threads (measured in benchmarks/model.py), and slices of
-# this size keep a step's working set near the core's cache.
-CPU_SLICE_ROWS = 1024
+# On CPU a batch is cut into slices run concurrently by single-threaded calls: one thread per
+# slice beats onnxruntime splitting every op of the folded graph's time loop across threads
+# (benchmarks/model.py). A slice keeps one step's gate tensor [rows, 4H] fp32 within a core's
+# L2 (1 MiB is typical): measured best at 1024 rows for H=50 and 256-512 for H=128.
+L2_BYTES = 1 << 20
 
 
 def _onnxruntime():
@@ -72,11 +72,15 @@ class OnnxScorer:
     card: dict
     vocab_sha256: str
     workers: int = 1
+    slice_rows: int = 1024
     _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     def run(self, ids: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probs [B, K], expected [B]) for a batch (see the class docstring)."""
-        slices = cpu_slices(len(ids), self.workers) if self.device == "cpu" else [slice(None)]
+        if self.device == "cpu":
+            slices = cpu_slices(len(ids), self.workers, self.slice_rows)
+        else:
+            slices = [slice(None)]
         if len(slices) == 1:
             return self._run_one(ids, lengths)
         if self._pool is None:
@@ -102,9 +106,15 @@ class OnnxScorer:
         return probs, expected
 
 
-def cpu_slices(rows: int, workers: int) -> list[slice]:
-    """Near-equal slices of at most CPU_SLICE_ROWS rows, at least one per worker."""
-    count = max(min(workers, rows), -(-rows // CPU_SLICE_ROWS), 1)
+def slice_rows_for(hidden: int) -> int:
+    """The largest power of two of rows whose [rows, 4 * hidden] fp32 fits L2_BYTES."""
+    rows = L2_BYTES // (16 * max(hidden, 1))
+    return max(64, 1 << (rows.bit_length() - 1)) if rows else 64
+
+
+def cpu_slices(rows: int, workers: int, slice_rows: int) -> list[slice]:
+    """Near-equal slices of at most ``slice_rows`` rows, at least one per worker."""
+    count = max(min(workers, rows), -(-rows // slice_rows), 1)
     bounds = np.linspace(0, rows, count + 1).round().astype(int)
     return [slice(int(a), int(b)) for a, b in pairwise(bounds)]
 
@@ -153,6 +163,7 @@ def open_scorer(
     if META_CARD not in meta:
         raise UserError(f"{path} was not written by `scorer export` (no model card metadata)")
     vocab_sha256 = meta.get(META_VOCAB_SHA256)
+    card = json.loads(meta[META_CARD])
     return OnnxScorer(
         session=session,
         path=path,
@@ -160,7 +171,8 @@ def open_scorer(
         device="cuda" if ran_cuda else "cpu",
         provider=provider,
         sha256=file_sha256(path),
-        card=json.loads(meta[META_CARD]),
+        card=card,
         vocab_sha256=vocab_sha256 or "",
         workers=1 if ran_cuda else cpu_workers(threads),
+        slice_rows=slice_rows_for(int(card["model"]["hidden_dim"])),
     )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from export.onnx_export import export_model
-from scorer.session import CPU_SLICE_ROWS, cpu_slices, open_scorer
+from scorer.session import cpu_slices, open_scorer, slice_rows_for
 from tests.helpers import make_model_dir
 
 
@@ -26,11 +26,16 @@ from tests.helpers import make_model_dir
     ],
 )
 def test_cpu_slices_cover_the_batch_in_order(rows, workers, sizes) -> None:
-    slices = cpu_slices(rows, workers)
+    slices = cpu_slices(rows, workers, 1024)
     assert [s.stop - s.start for s in slices] == sizes
     assert slices[0].start == 0 and slices[-1].stop == rows
     assert all(a.stop == b.start for a, b in pairwise(slices))
-    assert max(sizes) <= CPU_SLICE_ROWS
+    assert max(sizes) <= 1024
+
+
+@pytest.mark.parametrize(("hidden", "rows"), [(50, 1024), (64, 1024), (128, 512), (512, 128)])
+def test_slice_rows_keep_a_step_within_l2(hidden, rows) -> None:
+    assert slice_rows_for(hidden) == rows
 
 
 def test_concurrent_slices_give_the_same_bytes_as_one_call(tmp_path) -> None:
