@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,7 +182,7 @@ def quantize_int8(source: Path, target: Path, model_dir: ModelDir) -> Path:
     """onnxruntime dynamic quantization (int8 weights for LSTM and MatMul) for CPU hosts."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with atomic_path(target) as tmp:
+    with atomic_path(target) as tmp, _quiet_preprocessing_advice():
         quantize_dynamic(
             str(source),
             str(tmp),
@@ -189,6 +191,22 @@ def quantize_int8(source: Path, target: Path, model_dir: ModelDir) -> Path:
         )
         _stamp_metadata(tmp, model_dir, "int8")
     return target
+
+
+@contextmanager
+def _quiet_preprocessing_advice():
+    """The quantizer logs a WARNING advising shape-inference pre-processing; it changes
+    nothing for this graph (the quality check is what validates int8), so it is dropped."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def read_metadata(path: Path) -> dict[str, str]:

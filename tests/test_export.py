@@ -87,11 +87,13 @@ def test_regression_probs_interpolate_the_prediction(tmp_path) -> None:
     assert np.all((expected >= 1) & (expected <= 5))
 
 
-def test_int8_export_agrees_with_fp32(tmp_path) -> None:
+def test_int8_export_agrees_with_fp32(tmp_path, caplog) -> None:
     model_dir = make_model_dir(tmp_path / "m", variant="packed", bidirectional=True)
     result = export_model(model_dir.path, int8=True)
     int8 = result.extras["int8"]
     assert read_metadata(int8)["scorer.precision"] == "int8"
+    assert "DynamicQuantizeLSTM" in {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert "pre-processing" not in caplog.text  # the quantizer's advice is filtered out
     rng = np.random.default_rng(2)
     vocab_size = model_dir.card.model.vocab_size
     ids, lengths = make_batch(500, lambda b: rng.integers(1, 25, b), vocab_size, 24, rng)
