@@ -130,7 +130,7 @@ def export_model(
     target = Path(out) if out else model_dir.path / ONNX
     if not target.parent.is_dir():
         raise UserError(f"{target.parent} does not exist")
-    fold = _want_fold(graph, card.model.layers)
+    fold = _want_fold(graph, card.model.layers, opset)
     with atomic_path(target) as tmp:
         report = _export_validated(model_dir, model, tmp, opset, fold)
     extras: dict[str, Path] = {}
@@ -166,16 +166,21 @@ def _int8_twin(model_dir: ModelDir, model, target: Path, opset: int) -> Path:
 
 
 GRAPHS = ("auto", "folded", "fused")
+FOLD_MIN_OPSET = 13  # the Scan body's Split takes its sizes as an input from opset 13
 
 
-def _want_fold(graph: str, layers: int) -> bool:
+def _want_fold(graph: str, layers: int, opset: int) -> bool:
     """``folded`` (the embedding folded into layer 0, see export.fold) is the faster CPU graph
-    and ``auto``'s choice for one-layer models; ``fused`` keeps onnxruntime's LSTM op."""
+    and ``auto``'s choice where it can be built; ``fused`` keeps onnxruntime's LSTM op."""
     if graph not in GRAPHS:
         raise UserError(f"--graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
-    if graph == "folded" and layers != 1:
-        raise UserError(f"--graph folded needs a one-layer model; this one has {layers} layers")
-    return graph == "folded" or (graph == "auto" and layers == 1)
+    possible = layers == 1 and opset >= FOLD_MIN_OPSET
+    if graph == "folded" and not possible:
+        raise UserError(
+            f"--graph folded needs a one-layer model and --opset >= {FOLD_MIN_OPSET}; "
+            f"this is a {layers}-layer model at opset {opset}"
+        )
+    return graph == "folded" or (graph == "auto" and possible)
 
 
 def quantize_int8(source: Path, target: Path, model_dir: ModelDir) -> Path:

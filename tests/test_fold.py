@@ -113,17 +113,26 @@ def test_auto_folds_one_layer_models_only(tmp_path) -> None:
     assert "LSTM" in _ops(export_model(two.path).path)
 
 
+def test_auto_keeps_the_fused_graph_below_opset_13(tmp_path) -> None:
+    model_dir = make_model_dir(tmp_path / "m")
+    result = export_model(model_dir.path, opset=12)
+    assert "LSTM" in _ops(result.path) and result.report.passed
+
+
 @pytest.mark.parametrize(
-    ("graph", "layers", "message"),
+    ("graph", "layers", "opset", "message"),
     [
-        ("folded", 2, "--graph folded needs a one-layer model; this one has 2 layers"),
-        ("scan", 1, "--graph must be one of auto, folded, fused, got 'scan'"),
+        ("folded", 2, 17, "needs a one-layer model and --opset >= 13; this is a 2-layer model"),
+        ("folded", 1, 12, "needs a one-layer model and --opset >= 13; this is a 1-layer model"),
+        ("scan", 1, 17, "--graph must be one of auto, folded, fused, got 'scan'"),
     ],
 )
-def test_bad_graph_choice_is_refused(tmp_path, capsys, graph, layers, message) -> None:
+def test_bad_graph_choice_is_refused(tmp_path, capsys, graph, layers, opset, message) -> None:
     model_dir = make_model_dir(tmp_path / "m", layers=layers)
     with pytest.raises(UserError, match=message):
-        export_model(model_dir.path, graph=graph)
-    assert main(["export", str(model_dir.path), "--graph", graph]) == 1
-    assert capsys.readouterr().err.strip().endswith(message)
+        export_model(model_dir.path, graph=graph, opset=opset)
+    argv = ["export", str(model_dir.path), "--graph", graph, "--opset", str(opset)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
     assert not (model_dir.path / "model.onnx").exists()
