@@ -135,7 +135,12 @@ def export_model(
         report = _export_validated(model_dir, model, tmp, opset, fold)
     extras: dict[str, Path] = {}
     if int8:
-        extras["int8"] = _int8_twin(model_dir, model, target.with_name(INT8_NAME), opset)
+        int8_path = target.with_name(INT8_NAME)
+        extras["int8"] = (
+            _int8_twin(model_dir, model, int8_path, opset)
+            if fold
+            else quantize_int8(target, int8_path, model_dir)
+        )
     return ExportResult(target, report, extras, time.perf_counter() - start)
 
 
