@@ -15,7 +15,7 @@ from pathlib import Path
 
 from benchmarks import common, e2e, model, quality, text
 from benchmarks.common import RESULTS, machine
-from export.onnx_export import export_model
+from scorer.export.onnx_export import export_model
 
 REFERENCE_MODEL = quality.WORK / "ref-packed"
 

@@ -87,7 +87,7 @@ def runners(model_dir: Path, work: Path, width: int):
     """
     import onnxruntime as ort
 
-    from export.onnx_export import export_model
+    from scorer.export.onnx_export import export_model
     from scorer.model_dir import ModelDir
     from scorer.session import open_scorer
 

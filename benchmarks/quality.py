@@ -93,8 +93,8 @@ def int8_quality(model_dir: Path) -> dict:
     """fp32 against int8 on the test rows, through `scorer eval`'s path."""
     import polars as pl
 
-    from export.onnx_export import export_model
     from scorer.evaluate import EvalJob, evaluate
+    from scorer.export.onnx_export import export_model
     from scorer.run import RunJob, run_scoring
 
     export_model(model_dir, int8=True)
@@ -121,8 +121,8 @@ def onnx_parity(model_dir: Path) -> dict[str, object]:
     import onnxruntime as ort
     import torch
 
-    from export.graph import ReferenceOutputs
-    from export.onnx_export import export_model
+    from scorer.export.graph import ReferenceOutputs
+    from scorer.export.onnx_export import export_model
     from scorer.model_dir import ModelDir
 
     path = export_model(model_dir).path

@@ -1,0 +1,1 @@
+"""The ONNX exporter, installed as ``scorer.export`` (see pyproject.toml)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from export.fold import FoldedLSTM, folded_weights, step_ids
+from scorer.export.fold import FoldedLSTM, folded_weights, step_ids
 from scorer.model import ReviewLSTM
 
 

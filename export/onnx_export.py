@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.contract import (
+from scorer.contract import (
     DYNAMIC_AXES,
     INPUTS,
     META_CARD,
@@ -21,9 +21,9 @@ from export.contract import (
     META_VOCAB_SHA256,
     OUTPUTS,
 )
-from export.fold import expand_folded
-from export.validate import ValidationReport, validate_against_torch
 from scorer.errors import UserError
+from scorer.export.fold import expand_folded
+from scorer.export.validate import ValidationReport, validate_against_torch
 from scorer.io import atomic_path, make_temp_dir
 from scorer.model_dir import ONNX, ModelDir
 
@@ -147,7 +147,7 @@ def export_model(
 def _export_validated(
     model_dir: ModelDir, model, path: Path, opset: int, fold: bool
 ) -> ValidationReport:
-    from export.graph import InferenceGraph
+    from scorer.export.graph import InferenceGraph
 
     card = model_dir.card
     _torch_export(InferenceGraph(model, card.labels, card.tokenizer.max_len, fold), path, opset)

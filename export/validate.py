@@ -56,7 +56,7 @@ def make_batch(
 def torch_outputs(model, card: ModelCard, ids: np.ndarray, lengths: np.ndarray):
     import torch
 
-    from export.graph import ReferenceOutputs
+    from scorer.export.graph import ReferenceOutputs
 
     reference = ReferenceOutputs(model, card.labels)
     if not card.model.packed:

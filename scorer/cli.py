@@ -161,7 +161,7 @@ def export_command(
     ] = "auto",
 ) -> None:
     """Export to ONNX (dynamic batch and sequence axes) and validate it against PyTorch."""
-    from export.onnx_export import export_model
+    from scorer.export.onnx_export import export_model
 
     typer.echo(export_model(model_dir, out, opset=opset, int8=int8, graph=graph).line())
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.contract import META_CARD, META_VOCAB_SHA256
+from scorer.contract import META_CARD, META_VOCAB_SHA256
 from scorer.errors import UserError
 
 FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}

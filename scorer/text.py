@@ -1,295 +1,293 @@
-"""Text cleaning and a vectorized tokenizer that reproduces spaCy's English tokenizer.
+"""Text cleaning and a compiled tokenizer that reproduces spaCy's English tokenizer.
 
 The reference recipe cleans a review (``clean``) and tokenizes it with
 ``spacy.blank("en").tokenizer``. On cleaned text (lowercase ASCII letters, whitespace and
-control characters only) spaCy's behaviour reduces to three rules, which this module applies
-to a whole batch with polars string kernels and numpy, never a Python loop per token:
+control characters only) spaCy's behaviour reduces to three rules, which ``scorer.kernels``
+applies in one compiled pass over the raw bytes of Arrow string columns:
 
 1. Text is cut into alternating runs of whitespace (``str.isspace``) and non-whitespace.
 2. A single ``" "`` directly after a word is absorbed by that word; any other whitespace run
    becomes one token (so ``"a  b"`` -> ``a``, ``" "``, ``b``, and leading spaces are kept).
 3. A word that is one of spaCy's special cases is split (``dont`` -> ``do``, ``nt``).
 
-Texts whose only whitespace is ``" "`` (nearly all) take the fast path: ``str.split(" ")``,
-where each empty piece stands for one space of a whitespace token. Texts holding rarer
-whitespace (vertical tab, form feed, ``\\x1c``-``\\x1f``) take a regex path. Both feed the
-same numpy assembly step, whose output is shared by ``tokenize`` and vocabulary encoding.
+A batch of texts is a ``TextColumns``: one or more Arrow string columns whose values are
+joined by one space per row (nulls as ""), as the reviews' ``Title`` and ``Review Text`` are.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
+from itertools import pairwise
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
+from scorer import kernels
 from scorer.specials import load_specials
 
 STRIPPED_CHARS = string.punctuation + string.digits + "\r\t\n"
-# Whitespace that survives cleaning: what str.isspace() accepts among ASCII, minus \r\t\n.
-WHITESPACE = "".join(c for c in map(chr, range(128)) if c.isspace() and c not in "\r\t\n")
-RARE_WHITESPACE = WHITESPACE.replace(" ", "")
-# Never present in cleaned text (non-ASCII is removed), so safe as an internal marker.
-_MARK = "\u00a7"
-
 _NON_ASCII_RE = re.compile(r"[^\x00-\x7f]+")
 _STRIP_TABLE = str.maketrans({c: " " for c in STRIPPED_CHARS})
-
-
-def _char_class(chars: str, *, negate: bool = False) -> str:
-    """A regex character class with every member hex-escaped (valid for Python and Rust)."""
-    body = "".join(f"\\x{{{ord(c):x}}}" for c in chars)
-    return f"[{'^' if negate else ''}{body}]"
-
-
-_STRIP_CLASS = _char_class(STRIPPED_CHARS)
-_WS_CLASS = _char_class(WHITESPACE)
-_RARE_WS_CLASS = _char_class(RARE_WHITESPACE)
-_WORD_CLASS = _char_class(WHITESPACE + _MARK, negate=True)
+# Below this many rows per task, handing rows to threads costs more than it saves.
+MIN_TASK_ROWS = 2048
+_NO_LIMIT = np.iinfo(np.int64).max
 
 
 def clean(text: str) -> str:
-    """The reference cleaning of one review (the definition the vectorized form must match)."""
+    """The reference cleaning of one review (the definition the kernel must match)."""
     return _NON_ASCII_RE.sub(" ", text).lower().translate(_STRIP_TABLE)
 
 
-def clean_expr(expr: pl.Expr) -> pl.Expr:
-    """``clean`` as a polars expression; nulls become ``""``."""
-    return (
-        expr.fill_null("")
-        .str.replace_all(r"[^\x00-\x7f]+", " ")
-        .str.to_lowercase()
-        .str.replace_all(_STRIP_CLASS, " ")
-    )
+Texts = Sequence[str | None] | pl.Series | pa.Array | pa.ChunkedArray
 
 
 @dataclass(frozen=True)
-class TokenStream:
-    """Every token of a batch, flattened in row order: token ``t`` is in row ``rows[t]``.
+class TextColumns:
+    """Rows of text held as Arrow string (or binary) columns, joined by one space per row."""
 
-    ``values[t]`` is the token's id (``token_ids``) or its position in a string array
-    (``token_strings``); both come from the same assembly code, so the parity tests that
-    check strings against spaCy also cover the ids the models see.
-    """
+    arrays: tuple[pa.Array, ...]
 
-    n_rows: int
-    rows: np.ndarray
-    values: np.ndarray
+    def __post_init__(self) -> None:
+        if not self.arrays:
+            raise ValueError("at least one text column is needed")
+        if len({len(a) for a in self.arrays}) != 1:
+            raise ValueError("text columns differ in length")
 
-    @property
-    def counts(self) -> np.ndarray:
-        """Number of tokens per row."""
-        return np.bincount(self.rows, minlength=self.n_rows).astype(np.int64)
+    @classmethod
+    def of(cls, texts: Texts | TextColumns) -> TextColumns:
+        if isinstance(texts, TextColumns):
+            return texts
+        if isinstance(texts, pl.Series):
+            return cls((_as_array(texts.cast(pl.String).to_arrow()),))
+        if isinstance(texts, pa.Array | pa.ChunkedArray):
+            return cls((_as_array(texts),))
+        return cls((pa.array(list(texts), type=pa.large_string()),))
 
+    def __len__(self) -> int:
+        return len(self.arrays[0])
 
-def _pieces_fast(frame: pl.LazyFrame) -> pl.LazyFrame:
-    # Removing one trailing space drops the empty last piece that split() would leave;
-    # a text that is "" from the start must give no pieces at all, hence the null.
-    text = pl.col("text")
-    pieces = pl.when(text == "").then(None).otherwise(text.str.strip_suffix(" ")).str.split(" ")
-    empty = pl.col("piece").str.len_bytes() == 0
-    return (
-        frame.select("row", piece=pieces)
-        .explode("piece")
-        .drop_nulls("piece")
-        .with_columns(ws=empty, empty=empty)
-    )
+    @cached_property
+    def buffers(self) -> tuple[tuple, tuple, tuple]:
+        """(data, offsets, validity) per column, as the kernels take them (zero-copy data)."""
+        datas, offsets, valids = [], [], []
+        for array in self.arrays:
+            data, offset, valid = _column_buffers(array)
+            datas.append(data)
+            offsets.append(offset)
+            valids.append(valid)
+        return tuple(datas), tuple(offsets), tuple(valids)
 
-
-def _pieces_regex(frame: pl.LazyFrame) -> pl.LazyFrame:
-    # Mark the one space each word absorbs, then take maximal word / whitespace runs.
-    marked = pl.col("text").str.replace_all(f"({_WORD_CLASS}) ", "${1}" + _MARK)
-    tokens = marked.str.extract_all(f"{_WORD_CLASS}+|{_WS_CLASS}+")
-    return (
-        frame.select("row", piece=tokens)
-        .explode("piece")
-        .drop_nulls("piece")
-        .with_columns(ws=pl.col("piece").str.contains(f"^{_WS_CLASS}"), empty=pl.lit(False))
-    )
-
-
-def _pieces(texts: pl.Series, table: TokenTable) -> pl.DataFrame:
-    """(row, piece, ws, empty, code) in row order; fast-path pieces may be empty.
-
-    ``code`` is the piece's category in ``table`` (its ``codes`` turn that into a value).
-    """
-    frame = pl.LazyFrame(
-        {"row": np.arange(len(texts), dtype=np.uint32), "text": texts.cast(pl.String)}
-    ).select("row", text=clean_expr(pl.col("text")))
-    code = table.category(pl.col("piece"))
-    rare = pl.col("text").str.contains(_RARE_WS_CLASS)
-    fast = _pieces_fast(frame.filter(~rare)).with_columns(code=code)
-    if not texts.str.contains(_RARE_WS_CLASS).any():
-        return fast.collect(engine="streaming")
-    slow = _pieces_regex(frame.filter(rare)).with_columns(code=code)
-    # Both halves keep row order; a stable sort on row interleaves them.
-    merged = pl.concat([fast.collect(engine="streaming"), slow.collect(engine="streaming")])
-    return merged.sort("row", maintain_order=True)
+    def for_rows(self, fn: Callable[[int, int], object], threads: int | None = None) -> None:
+        """Call ``fn(lo, hi)`` over row ranges covering every row, on ``threads`` threads
+        (the kernels release the GIL)."""
+        n = len(self)
+        workers = max(1, threads or os.cpu_count() or 1)
+        tasks = min(2 * workers, n // MIN_TASK_ROWS)
+        if workers == 1 or tasks < 2:
+            fn(0, n)
+            return
+        bounds = np.linspace(0, n, tasks + 1).astype(int)
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda r: fn(int(r[0]), int(r[1])), pairwise(bounds)))
 
 
-@dataclass(frozen=True)
-class _SpecialTable:
-    keys: dict[str, int]
-    offsets: np.ndarray
-    sizes: np.ndarray
-    strings: list[str]
+def _as_array(array: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
+    kind = array.type
+    if pa.types.is_null(kind):
+        return pa.nulls(len(array), pa.large_string())
+    if pa.types.is_string_view(kind) or pa.types.is_binary_view(kind):
+        return array.cast(pa.large_string() if pa.types.is_string_view(kind) else pa.large_binary())
+    if not (
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+    ):
+        raise TypeError(f"a text column must hold strings, not {kind}")
+    return array
 
 
-def _special_table() -> _SpecialTable:
-    specials = load_specials()
-    sizes = np.array([len(v) for v in specials.values()], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    strings = [piece for pieces in specials.values() for piece in pieces]
-    return _SpecialTable({k: i for i, k in enumerate(specials)}, offsets, sizes, strings)
-
-
-_SPECIALS = _special_table()
+def _column_buffers(array: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    array = _as_array(array)
+    n = len(array)
+    wide = pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type)
+    _, offset_buffer, data_buffer = array.buffers()[:3]
+    raw = np.frombuffer(offset_buffer, dtype=np.int64 if wide else np.int32)
+    offsets = np.array(raw[array.offset : array.offset + n + 1], dtype=np.int64)
+    data = np.frombuffer(data_buffer if data_buffer is not None else b"", dtype=np.uint8)
+    if array.null_count:
+        valid = np.asarray(array.is_valid()).view(np.uint8).copy()
+    else:
+        valid = np.ones(n, dtype=np.uint8)
+    return data, offsets, valid
 
 
 class TokenTable:
-    """A ``token -> value`` table compiled for the vectorized pass.
+    """A ``token -> value`` table compiled for the kernels, spaCy's special cases included.
 
-    Pieces are cast to a polars ``Enum`` of the special-case keys then the table's tokens
-    (a non-strict cast maps unknown pieces to null, much faster than a dict replace);
-    ``codes[category]`` is then ``-(j + 1)`` for special case ``j``, else the token's value,
-    and the last entry (unknown) is ``default``.
+    A special-case key is always split, so a table entry for one is never used; each
+    special case's pieces take their own table values (``default`` when absent).
     """
 
     def __init__(self, table: Mapping[str, int], default: int) -> None:
         if default < 0:
-            raise ValueError("default must be >= 0 (negative codes mark special cases)")
-        # spaCy always splits a special-case key, so a table entry for one is never used.
-        words = [t for t in table if t not in _SPECIALS.keys]
-        self.table = table
+            raise ValueError("default must be >= 0 (negative values mark special cases)")
+        specials = load_specials()
+        words = [t for t in table if t not in specials]
+        entries = [(k, -(j + 1)) for j, k in enumerate(specials)] + [(w, table[w]) for w in words]
+        capacity = 8
+        while capacity < 2 * len(entries):
+            capacity *= 2
+        encoded = [k.encode("utf-8") for k, _ in entries]
+        self.keys = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
+        starts = np.cumsum([0, *(len(k) for k in encoded)])[:-1]
+        self.key_off = np.zeros(capacity, dtype=np.int64)
+        self.key_len = np.full(capacity, -1, dtype=np.int64)
+        self.slot_val = np.zeros(capacity, dtype=np.int64)
+        mask = capacity - 1
+        for key, start, (_, value) in zip(encoded, starts, entries, strict=True):
+            slot = kernels.fnv1a_bytes(key) & mask
+            while self.key_len[slot] >= 0:
+                slot = (slot + 1) & mask
+            self.key_off[slot], self.key_len[slot], self.slot_val[slot] = start, len(key), value
+        self.max_key = max((len(k) for k in encoded), default=0)
+        pieces = [p for key in specials for p in specials[key]]
+        self.piece_off = np.cumsum([0, *(len(v) for v in specials.values())]).astype(np.int64)
+        self.piece_len = np.array([len(p) for p in pieces], dtype=np.int64)
+        self.piece_val = np.array([table.get(p, default) for p in pieces], dtype=np.int64)
         self.default = default
-        self.dtype = pl.Enum([*_SPECIALS.keys, *words])
-        special_codes = [-(j + 1) for j in range(len(_SPECIALS.keys))]
-        self.codes = np.array([*special_codes, *(table[w] for w in words), default], np.int32)
+        self.table = table
 
-    def category(self, expr: pl.Expr) -> pl.Expr:
-        unknown = len(self.codes) - 1
-        return expr.cast(self.dtype, strict=False).to_physical().cast(pl.UInt32).fill_null(unknown)
+    def args(self) -> tuple:
+        return (
+            self.keys,
+            self.key_off,
+            self.key_len,
+            self.slot_val,
+            self.default,
+            self.max_key,
+            self.piece_off,
+            self.piece_len,
+            self.piece_val,
+        )
 
-    def value(self, token: str) -> int:
-        return self.table.get(token, self.default)
+
+_SPECIALS_ONLY: TokenTable | None = None
 
 
-_SPECIALS_ONLY = TokenTable({}, 0)
+def _specials_only() -> TokenTable:
+    global _SPECIALS_ONLY
+    if _SPECIALS_ONLY is None:
+        _SPECIALS_ONLY = TokenTable({}, 0)
+    return _SPECIALS_ONLY
+
+
+_EMPTY_IDS = np.zeros((0, 0), dtype=np.int32)
+_EMPTY_BYTES = np.zeros(0, dtype=np.uint8)
+_EMPTY_INDEX = np.zeros(0, dtype=np.int64)
 
 
 @dataclass(frozen=True)
-class _Segments:
-    """Where each token starts among the pieces, and which are whitespace or special runs.
+class Encoded:
+    """Right-padded token ids ``[n, max_len]`` (int32, PAD=0), lengths (int32, <= max_len),
+    and which rows held invalid UTF-8 (decoded lossily, as a replacement character would be)."""
 
-    ``codes`` holds each start's table value (negative: special case ``-(code + 1)``).
-    """
-
-    rows: np.ndarray
-    starts: np.ndarray
-    is_space: np.ndarray
-    space_lengths: np.ndarray
-    space_slot: np.ndarray
-    codes: np.ndarray
-    n_pieces: int
+    ids: np.ndarray
+    lengths: np.ndarray
+    invalid_utf8: np.ndarray
 
 
-def _segments(frame: pl.DataFrame, table: TokenTable, keep_whitespace: bool) -> _Segments:
-    rows = frame["row"].to_numpy()
-    empty = frame["empty"].to_numpy()
-    n = len(frame)
-    # A run of empty pieces in one row is one whitespace token of that many spaces.
-    continues_run = np.zeros(n, dtype=bool)
-    np.logical_and(empty[1:], empty[:-1], out=continues_run[1:])
-    continues_run[1:] &= rows[1:] == rows[:-1]
-    keep = ~continues_run
-    if not keep_whitespace:
-        keep &= ~frame["ws"].to_numpy()
-    starts = np.flatnonzero(keep)
-    is_space = empty[starts]
-    # With whitespace kept, starts are exactly the run boundaries: gaps are run lengths.
-    space_at = np.flatnonzero(is_space)
-    lengths = np.append(starts, n)[space_at + 1] - starts[space_at]
-    space_lengths, space_slot = np.unique(lengths, return_inverse=True)
-    codes = table.codes[frame["code"].to_numpy()[starts]]
-    return _Segments(rows, starts, is_space, space_lengths, space_slot, codes, n)
+def encode_ids(
+    texts: Texts | TextColumns,
+    table: TokenTable,
+    *,
+    max_len: int,
+    keep_whitespace: bool,
+    threads: int | None = None,
+) -> Encoded:
+    """The first ``max_len`` tokens of each row as table values; nothing past them is
+    tokenized (only checked for invalid UTF-8)."""
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    columns = TextColumns.of(texts)
+    n = len(columns)
+    ids = np.zeros((n, max_len), dtype=np.int32)
+    counts = np.zeros(n, dtype=np.int64)
+    invalid = np.zeros(n, dtype=np.bool_)
+    datas, offsets, valids = columns.buffers
 
+    def run(lo: int, hi: int) -> None:
+        kernels.tokenize_ids(
+            datas, offsets, valids, lo, hi, keep_whitespace, max_len,
+            *table.args(), ids, counts, _EMPTY_INDEX, invalid,
+            _EMPTY_BYTES, _EMPTY_INDEX, _EMPTY_INDEX, _EMPTY_INDEX,
+        )  # fmt: skip
 
-def _assemble(
-    seg: _Segments,
-    start_values: np.ndarray,
-    special_values: np.ndarray,
-    space_values: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-token (rows, values): each kept piece's value, whitespace runs and special cases
-    replaced by their own values, special cases expanded in place into several tokens."""
-    values = start_values
-    rows = seg.rows[seg.starts]
-    values[seg.is_space] = space_values[seg.space_slot]
-    is_special = seg.codes < 0
-    if not is_special.any():
-        return rows, values
-    at = np.flatnonzero(is_special)
-    which = -seg.codes[at] - 1
-    first = _SPECIALS.offsets[which]
-    values[at] = special_values[first]
-    extra = _SPECIALS.sizes[which] - 1
-    insert_at = np.repeat(at + 1, extra)
-    step = np.arange(int(extra.sum())) - np.repeat(np.cumsum(extra) - extra, extra) + 1
-    source = np.repeat(first, extra) + step
-    return np.insert(rows, insert_at, rows[insert_at - 1]), np.insert(
-        values, insert_at, special_values[source]
-    )
-
-
-def _as_series(texts: Sequence[str | None] | pl.Series) -> pl.Series:
-    return texts if isinstance(texts, pl.Series) else pl.Series("text", texts, dtype=pl.String)
+    columns.for_rows(run, threads)
+    return Encoded(ids, counts.astype(np.int32), invalid)
 
 
 def token_strings(
-    texts: Sequence[str | None] | pl.Series, *, keep_whitespace: bool = True
-) -> tuple[TokenStream, pl.Series]:
-    """Clean and tokenize a batch exactly as the reference (clean + spaCy) does.
+    texts: Texts | TextColumns, *, keep_whitespace: bool = True, threads: int | None = None
+) -> tuple[np.ndarray, pl.Series]:
+    """Every token of a batch as text, flattened in row order, and the count per row."""
+    columns = TextColumns.of(texts)
+    n = len(columns)
+    datas, offsets, valids = columns.buffers
+    table = _specials_only()
+    counts = np.zeros(n, dtype=np.int64)
+    sizes = np.zeros(n, dtype=np.int64)
+    invalid = np.zeros(n, dtype=np.bool_)
 
-    Returns the stream (``values`` index the returned strings' source) and every token's text.
-    """
-    series = _as_series(texts)
-    frame = _pieces(series, _SPECIALS_ONLY)
-    seg = _segments(frame, _SPECIALS_ONLY, keep_whitespace)
-    n, n_special = seg.n_pieces, len(_SPECIALS.strings)
-    rows, values = _assemble(
-        seg,
-        seg.starts.astype(np.int64),
-        n + np.arange(n_special, dtype=np.int64),
-        n + n_special + np.arange(len(seg.space_lengths), dtype=np.int64),
+    def count(lo: int, hi: int) -> None:
+        kernels.count_tokens(
+            datas, offsets, valids, lo, hi, keep_whitespace, _NO_LIMIT,
+            *table.args(), _EMPTY_IDS, counts, sizes, invalid,
+            _EMPTY_BYTES, _EMPTY_INDEX, _EMPTY_INDEX, _EMPTY_INDEX,
+        )  # fmt: skip
+
+    columns.for_rows(count, threads)
+    byte_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    row_token = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    out = np.zeros(int(byte_start[-1]), dtype=np.uint8)
+    token_byte = np.zeros(int(row_token[-1]) + 1, dtype=np.int64)
+    token_byte[-1] = byte_start[-1]
+
+    def fill(lo: int, hi: int) -> None:
+        kernels.write_tokens(
+            datas, offsets, valids, lo, hi, keep_whitespace, _NO_LIMIT,
+            *table.args(), _EMPTY_IDS, counts, sizes, invalid,
+            out, byte_start, row_token, token_byte,
+        )  # fmt: skip
+
+    columns.for_rows(fill, threads)
+    strings = pa.LargeStringArray.from_buffers(
+        len(token_byte) - 1, pa.py_buffer(token_byte), pa.py_buffer(out)
     )
-    extra = _SPECIALS.strings + [" " * int(k) for k in seg.space_lengths]
-    source = pl.concat([frame["piece"], pl.Series(extra, dtype=pl.String)])
-    return TokenStream(len(series), rows, values), source.gather(values)
+    return counts, pl.Series("token", strings)
 
 
-def token_ids(
-    texts: Sequence[str | None] | pl.Series, table: TokenTable, *, keep_whitespace: bool = True
-) -> TokenStream:
-    """Like ``token_strings`` but each token's value is ``table.value(token)``.
-
-    The lookup runs inside the parallel polars pass; no token string is built.
-    """
-    series = _as_series(texts)
-    frame = _pieces(series, table)
-    seg = _segments(frame, table, keep_whitespace)
-    special_values = np.array([table.value(t) for t in _SPECIALS.strings], dtype=np.int32)
-    space_values = np.array([table.value(" " * int(k)) for k in seg.space_lengths], np.int32)
-    start_values = np.where(seg.codes < 0, 0, seg.codes).astype(np.int32)
-    rows, values = _assemble(seg, start_values, special_values, space_values)
-    return TokenStream(len(series), rows, values)
-
-
-def tokenize(texts: Sequence[str | None], *, keep_whitespace: bool = True) -> list[list[str]]:
+def tokenize(texts: Texts | TextColumns, *, keep_whitespace: bool = True) -> list[list[str]]:
     """Tokens of each text, equal to ``[t.text for t in spacy_tokenizer(clean(text))]``."""
-    stream, strings = token_strings(texts, keep_whitespace=keep_whitespace)
-    bounds = np.concatenate([[0], np.cumsum(stream.counts)])
+    counts, strings = token_strings(texts, keep_whitespace=keep_whitespace)
+    bounds = np.concatenate([[0], np.cumsum(counts)])
     flat = strings.to_list()
-    return [flat[bounds[i] : bounds[i + 1]] for i in range(stream.n_rows)]
+    return [flat[bounds[i] : bounds[i + 1]] for i in range(len(counts))]
+
+
+def row_hashes(texts: Texts | TextColumns) -> np.ndarray:
+    """A 64-bit hash of each row's joined raw text (uint64): the fingerprint of a row."""
+    columns = TextColumns.of(texts)
+    out = np.zeros(len(columns), dtype=np.uint64)
+    datas, offsets, valids = columns.buffers
+    columns.for_rows(lambda lo, hi: kernels.hash_rows(datas, offsets, valids, lo, hi, out))
+    return out

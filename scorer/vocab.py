@@ -3,35 +3,22 @@
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from scorer.errors import UserError
 from scorer.io import atomic_write_text
-from scorer.text import TokenStream, TokenTable, token_ids, token_strings
+from scorer.text import Encoded, TextColumns, Texts, TokenTable, encode_ids, token_strings
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
 VOCAB_FORMAT = 1
-# Below this many rows per chunk, thread hand-off costs more than it saves.
-MIN_CHUNK_ROWS = 2048
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """Right-padded token ids ``[n, max_len]`` (int32, PAD=0) and lengths (int32, <= max_len)."""
-
-    ids: np.ndarray
-    lengths: np.ndarray
+__all__ = ["PAD", "PAD_ID", "UNK", "UNK_ID", "Encoded", "Vocab", "tokens_sha256"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +49,7 @@ class Vocab:
     @classmethod
     def build(
         cls,
-        texts: Sequence[str | None] | pl.Series,
+        texts: Texts | TextColumns,
         *,
         min_count: int = 2,
         keep_whitespace: bool = True,
@@ -72,8 +59,7 @@ class Vocab:
             raise UserError(f"--min-count must be >= 1, got {min_count}")
         _, strings = token_strings(texts, keep_whitespace=keep_whitespace)
         counts = (
-            strings.rename("token")
-            .value_counts(name="count")
+            strings.value_counts(name="count")
             .filter(pl.col("count") >= min_count)
             .sort(["count", "token"], descending=[True, False])
         )
@@ -81,39 +67,19 @@ class Vocab:
 
     def encode(
         self,
-        texts: Sequence[str | None] | pl.Series,
+        texts: Texts | TextColumns,
         *,
         max_len: int,
         keep_whitespace: bool,
         threads: int | None = None,
     ) -> Encoded:
-        """Clean, tokenize and map a batch to ids, keeping the first ``max_len`` tokens.
-
-        Large batches are cut into chunks encoded on ``threads`` threads (default: all
-        cores): polars' string kernels of one chunk overlap the numpy assembly of another.
-        """
-        series = texts if isinstance(texts, pl.Series) else pl.Series(texts, dtype=pl.String)
-        workers = max(1, threads or os.cpu_count() or 1)
-        n_chunks = min(2 * workers, len(series) // MIN_CHUNK_ROWS)
-        if workers == 1 or n_chunks < 2:
-            return self._encode_chunk(series, max_len, keep_whitespace)
-        bounds = np.linspace(0, len(series), n_chunks + 1).astype(int)
-        with ThreadPoolExecutor(workers) as pool:
-            parts = list(
-                pool.map(
-                    lambda lo_hi: self._encode_chunk(
-                        series.slice(lo_hi[0], lo_hi[1] - lo_hi[0]), max_len, keep_whitespace
-                    ),
-                    itertools.pairwise(bounds),
-                )
-            )
-        return Encoded(
-            np.concatenate([p.ids for p in parts]), np.concatenate([p.lengths for p in parts])
+        """Clean, tokenize and map a batch to ids, keeping the first ``max_len`` tokens, on
+        ``threads`` threads (default: all cores)."""
+        if max_len < 1:
+            raise UserError(f"max_len must be >= 1, got {max_len}")
+        return encode_ids(
+            texts, self.table, max_len=max_len, keep_whitespace=keep_whitespace, threads=threads
         )
-
-    def _encode_chunk(self, texts: pl.Series, max_len: int, keep_whitespace: bool) -> Encoded:
-        stream = token_ids(texts, self.table, keep_whitespace=keep_whitespace)
-        return pad(stream, max_len)
 
     def save(self, path: Path) -> None:
         doc = {"format_version": VOCAB_FORMAT, "sha256": self.sha256, "tokens": list(self.tokens)}
@@ -140,19 +106,3 @@ class Vocab:
 def tokens_sha256(tokens: Sequence[str]) -> str:
     canonical = json.dumps(list(tokens), ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def pad(stream: TokenStream, max_len: int) -> Encoded:
-    """Scatter a stream's per-token ids into a right-padded ``[rows, max_len]`` int32 matrix."""
-    if max_len < 1:
-        raise UserError(f"max_len must be >= 1, got {max_len}")
-    counts = stream.counts
-    first = np.cumsum(counts) - counts
-    position = np.arange(len(stream.values), dtype=np.int64) - np.repeat(first, counts)
-    # Tokens past max_len all land in one spare column that is then dropped: no masking.
-    np.minimum(position, max_len, out=position)
-    position += stream.rows.astype(np.int64) * (max_len + 1)
-    wide = np.zeros(stream.n_rows * (max_len + 1), dtype=np.int32)
-    wide[position] = stream.values
-    ids = np.ascontiguousarray(wide.reshape(stream.n_rows, max_len + 1)[:, :max_len])
-    return Encoded(ids, np.minimum(counts, max_len).astype(np.int32))

@@ -7,10 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from scorer.data import DEFAULT_TEXT_COLUMNS, read_split_file, read_table, read_texts
-from scorer.text import token_ids
+from scorer.text import token_strings
 from scorer.vocab import Vocab
 
 __all__ = ["DEFAULT_TEXT_COLUMNS", "VocabSummary", "build_vocab_file"]
@@ -52,15 +50,16 @@ def build_vocab_file(
     if split_file is not None:
         texts = texts.filter(read_split_file(split_file, len(texts)) == "train")
     vocab = Vocab.build(texts, min_count=min_count, keep_whitespace=keep_whitespace)
-    ids = token_ids(texts, vocab.table, keep_whitespace=keep_whitespace).values
+    _, tokens = token_strings(texts, keep_whitespace=keep_whitespace)
+    unknown = int((~tokens.is_in(list(vocab.tokens[2:]))).sum())
     vocab.save(out)
     return VocabSummary(
         rows=len(frame),
         counted_rows=len(texts),
-        tokens=len(ids),
+        tokens=len(tokens),
         vocab_size=len(vocab),
-        unk_rate=float(np.mean(ids == 1)) if len(ids) else 0.0,
-        mean_length=len(ids) / max(len(texts), 1),
+        unk_rate=unknown / len(tokens) if len(tokens) else 0.0,
+        mean_length=len(tokens) / max(len(texts), 1),
         seconds=time.perf_counter() - start,
         sha256=vocab.sha256,
         out=out,

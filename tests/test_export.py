@@ -7,11 +7,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from export.contract import META_CARD, META_VOCAB_SHA256
-from export.onnx_export import export_model, read_metadata
-from export.validate import make_batch, torch_outputs
 from scorer.cli import main
+from scorer.contract import META_CARD, META_VOCAB_SHA256
 from scorer.errors import UserError
+from scorer.export.onnx_export import export_model, read_metadata
+from scorer.export.validate import make_batch, torch_outputs
 from tests.helpers import make_model_dir
 
 VARIANTS = [

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from export.fold import folded_weights, recur, step_ids
-from export.onnx_export import export_model
 from scorer.cli import main
 from scorer.errors import UserError
+from scorer.export.fold import folded_weights, recur, step_ids
+from scorer.export.onnx_export import export_model
 from tests.helpers import make_model_dir
 
 HOLD = 99

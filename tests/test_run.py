@@ -12,10 +12,10 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from export.onnx_export import export_model
 from scorer.cli import main
 from scorer.errors import UserError
 from scorer.evaluate import EvalJob, evaluate
+from scorer.export.onnx_export import export_model
 from scorer.run import RunJob, partial_dir, run_scoring
 from scorer.session import open_scorer
 from tests.helpers import make_model_dir, make_reviews, write_reviews

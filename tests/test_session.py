@@ -7,7 +7,7 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from export.onnx_export import export_model
+from scorer.export.onnx_export import export_model
 from scorer.session import cpu_slices, open_scorer, slice_rows_for
 from tests.helpers import make_model_dir
 

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import string
 
-import polars as pl
 import pytest
 import spacy
 from hypothesis import given, settings
@@ -10,7 +9,7 @@ from hypothesis import strategies as st
 
 from scorer.data import read_table, read_texts
 from scorer.specials import load_specials, specials_from_spacy
-from scorer.text import clean, clean_expr, tokenize
+from scorer.text import clean, tokenize
 
 SPACY = spacy.blank("en").tokenizer
 
@@ -80,13 +79,6 @@ _TEXT = st.lists(st.one_of(_CHARS, _WORDS, _CHARS), max_size=25).map("".join)
 def test_tokenize_matches_spacy_on_generated_batches(texts: list[str | None]) -> None:
     # 400 batches of >= 25 strings: over 10,000 generated strings per run.
     assert tokenize(texts) == [spacy_tokens(t) for t in texts]
-
-
-@settings(max_examples=300)
-@given(st.lists(st.one_of(_TEXT, st.text(max_size=40), st.none()), max_size=20))
-def test_clean_expr_matches_clean(texts: list[str | None]) -> None:
-    got = pl.Series(texts, dtype=pl.String).to_frame("t").select(clean_expr(pl.col("t")))
-    assert got.to_series().to_list() == [clean(t or "") for t in texts]
 
 
 def test_huge_review_and_odd_input() -> None:
