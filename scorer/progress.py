@@ -71,7 +71,7 @@ class Progress:
             now = self.clock()
             fraction = self._fraction()
             due = now - self._last_time >= self.every_s
-            if self.total and fraction - self._last_fraction >= self.every_fraction:
+            if self.total and fraction - self._last_fraction >= self.every_fraction - 1e-9:
                 due = True
             if due:
                 self._last_time, self._last_fraction = now, fraction
