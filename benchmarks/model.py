@@ -87,16 +87,19 @@ def runners(model_dir: Path, work: Path, width: int):
     """
     import onnxruntime as ort
 
-    from scorer.export.onnx_export import export_model
+    from scorer.export.onnx_export import export_graph, quantize_int8
     from scorer.model_dir import ModelDir
-    from scorer.session import open_scorer
+    from scorer.session import CpuRunner, open_session, slice_rows_for
 
-    model = ModelDir.open(model_dir).load_model()
+    directory = ModelDir.open(model_dir)
+    model = directory.load_model()
     hidden = model.config.hidden_dim
     naive = work / "naive.onnx"
     naive_export(model, naive, 2, width)
-    folded = export_model(model_dir, work / "model.onnx", int8=True, graph="folded")
-    fused = export_model(model_dir, work / "fused.onnx", graph="fused")
+    folded, fused = work / "folded.onnx", work / "fused.onnx"
+    report = export_graph(model_dir, folded, fold=True)
+    export_graph(model_dir, fused, fold=False)
+    int8_path = quantize_int8(fused, work / "int8.onnx", directory)
     optimized = work / "folded.optimized.onnx"
 
     def session(path: Path, threads: int, level: str = "ORT_ENABLE_ALL", save_to=None):
@@ -108,29 +111,30 @@ def runners(model_dir: Path, work: Path, width: int):
             options.optimized_model_filepath = str(save_to)
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    session(folded.path, 1, save_to=optimized)  # writes the offline-optimized graph
+    session(folded, 1, save_to=optimized)  # writes the offline-optimized graph
     naive_options = ort.SessionOptions()
     naive_options.intra_op_num_threads = THREADS
     naive_session = ort.InferenceSession(
         str(naive), naive_options, providers=["CPUExecutionProvider"]
     )
-    fp32 = open_scorer(work, device="cpu", precision="fp32", threads=THREADS)
-    int8 = open_scorer(work, device="cpu", precision="int8", threads=THREADS)
+    # How `scorer run` calls a graph on CPU (scorer.session.CpuRunner).
+    fp32 = CpuRunner(open_session(ort, folded, "cpu"), THREADS, slice_rows_for(hidden))
+    int8 = CpuRunner(open_session(ort, int8_path, "cpu"), THREADS, slice_rows_for(hidden))
     made = {
         NAIVE: _whole(naive_session),
         "onnx naive export, 2 x 1-thread slices": _sliced(session(naive, 1), hidden),
-        "onnx fused export (LSTM op), 2 intra-op threads": _whole(session(fused.path, THREADS)),
-        "onnx folded export, 2 intra-op threads": _whole(session(folded.path, THREADS)),
+        "onnx fused export (LSTM op), 2 intra-op threads": _whole(session(fused, THREADS)),
+        "onnx folded export, 2 intra-op threads": _whole(session(folded, THREADS)),
         "onnx folded export, offline-optimized, 2 x 1-thread slices": _sliced(
             session(optimized, 1, "ORT_DISABLE_ALL"), hidden
         ),
-        "onnx int8 (fused), 2 intra-op threads": _whole(session(folded.extras["int8"], THREADS)),
+        "onnx int8 (fused), 2 intra-op threads": _whole(session(int8_path, THREADS)),
         "onnx int8 (fused), 2 x 1-thread slices": lambda ids, lengths: (
-            lambda: int8.run(ids, lengths)
+            lambda: int8.run([(ids, lengths)])
         ),
-        SCORER: lambda ids, lengths: lambda: fp32.run(ids, lengths),
+        SCORER: lambda ids, lengths: lambda: fp32.run([(ids, lengths)]),
     }
-    return made, model, folded.report
+    return made, model, report
 
 
 def run(model_dir: Path, batches: list[int], width: int, repeats: int) -> dict[str, object]:

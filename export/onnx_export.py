@@ -1,19 +1,20 @@
-"""`scorer export`: write ``model.onnx`` (plus an optional int8 twin), then validate it."""
+"""`scorer export`: one validated ONNX graph per provider, recorded in config.json."""
 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from scorer.contract import (
     DYNAMIC_AXES,
+    GRAPH_FILES,
     INPUTS,
     META_CARD,
     META_FORMAT_VERSION,
@@ -24,23 +25,54 @@ from scorer.contract import (
 from scorer.errors import UserError
 from scorer.export.fold import expand_folded
 from scorer.export.validate import ValidationReport, validate_against_torch
-from scorer.io import atomic_path, make_temp_dir
-from scorer.model_dir import ONNX, ModelDir
+from scorer.io import atomic_path
+from scorer.model_dir import ModelDir
 
 DEFAULT_OPSET = 17
-INT8_NAME = "model.int8.onnx"
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    """One exported graph: where, for which provider and precision, and how it was checked."""
+
+    path: Path
+    device: str
+    precision: str
+    kind: str
+    check: str
+    validated_on: str
+    report: Any = None
+
+    def record(self) -> dict[str, str]:
+        from scorer.session import file_sha256
+
+        return {
+            "sha256": file_sha256(self.path),
+            "device": self.device,
+            "precision": self.precision,
+            "graph": self.kind,
+            "validated_on": self.validated_on,
+            "check": self.check,
+        }
 
 
 @dataclass(frozen=True)
 class ExportResult:
-    path: Path
-    report: ValidationReport
-    extras: dict[str, Path]
+    model_dir: Path
+    graphs: tuple[GraphEntry, ...]
     seconds: float
 
+    @property
+    def path(self) -> Path:
+        """The CPU fp32 graph (``model.onnx``)."""
+        return self.graphs[0].path
+
     def line(self) -> str:
-        extras = "".join(f", {name} -> {path.name}" for name, path in self.extras.items())
-        return f"exported {self.path} in {self.seconds:.1f}s; {self.report.line()}{extras}"
+        files = "; ".join(
+            f"{g.path.name} ({g.device} {g.precision}): {g.check}" for g in self.graphs
+        )
+        took = f"{self.seconds:.1f}s"
+        return f"exported {len(self.graphs)} graphs to {self.model_dir} in {took}: {files}"
 
 
 def _torch_export(graph, path: Path, opset: int) -> None:
@@ -76,14 +108,15 @@ def _export(graph, example_ids, example_lengths, path: Path, opset: int) -> None
     )
 
 
-def _stamp_metadata(path: Path, model_dir: ModelDir, precision: str) -> None:
+def _stamp_metadata(path: Path, model_dir: ModelDir, precision: str, expand: bool = True) -> None:
     import onnx
 
     model = onnx.load(str(path))
-    expand_folded(model)
-    _declare_all_inputs(model)
+    if expand:
+        expand_folded(model)
+        _declare_all_inputs(model)
     meta = {
-        META_CARD: model_dir.card.to_json(),
+        META_CARD: model_dir.card.embedded_json(),
         META_VOCAB_SHA256: model_dir.card.vocab_sha256,
         META_FORMAT_VERSION: str(model_dir.card.format_version),
         META_PRECISION: precision,
@@ -113,61 +146,102 @@ def _declare_all_inputs(model) -> None:
 
 def export_model(
     model_dir_path: Path,
-    out: Path | None = None,
     *,
     opset: int = DEFAULT_OPSET,
-    int8: bool = False,
     graph: str = "auto",
+    int8: bool = False,
+    fp16: bool = False,
 ) -> ExportResult:
-    """Export, stamp metadata, run onnx.checker and the numeric validation grid.
+    """Export one validated graph per provider into the model directory and record each
+    file's sha256 in config.json (the scorer refuses a graph config.json does not vouch for).
 
-    Nothing is left at ``out`` unless every check passed.
+    * ``model.onnx`` (CPU): the folded Scan graph where the model allows (``graph``);
+    * ``model.cuda.onnx`` (CUDA): the fused LSTM op, which onnxruntime runs as cuDNN;
+    * ``model.cuda.fp16.onnx`` (``fp16``): the same with the embedding and LSTM in fp16;
+    * ``model.int8.onnx`` (``int8``, CPU): dynamic quantization of the fused graph.
+
+    Each graph is validated against PyTorch on the provider it is for when this host has it,
+    else on the CPU; nothing is written under a final name unless its checks pass.
     """
+    from scorer.export.validate import validation_provider
+
     start = time.perf_counter()
     model_dir = ModelDir.open(model_dir_path)
     model = model_dir.load_model()
-    card = model_dir.card
-    target = Path(out) if out else model_dir.path / ONNX
-    if not target.parent.is_dir():
-        raise UserError(f"{target.parent} does not exist")
-    fold = _want_fold(graph, card.model.layers, opset)
-    with atomic_path(target) as tmp:
-        report = _export_validated(model_dir, model, tmp, opset, fold)
-    extras: dict[str, Path] = {}
+    fold = _want_fold(graph, model_dir.card.model.layers, opset)
+    entries: list[GraphEntry] = []
+    cpu_path = model_dir.path / GRAPH_FILES[("cpu", "fp32")]
+    with atomic_path(cpu_path) as tmp:
+        report = _export_validated(model_dir, model, tmp, opset, fold, "CPUExecutionProvider")
+    kind = "folded" if fold else "fused"
+    entries.append(
+        GraphEntry(cpu_path, "cpu", "fp32", kind, report.line(), report.provider, report)
+    )
+    cuda_path = model_dir.path / GRAPH_FILES[("cuda", "fp32")]
+    provider = validation_provider("cuda")
+    with atomic_path(cuda_path) as tmp:
+        report = _export_validated(model_dir, model, tmp, opset, False, provider)
+    entries.append(
+        GraphEntry(cuda_path, "cuda", "fp32", "fused", report.line(), report.provider, report)
+    )
+    if fp16:
+        entries.append(_fp16_graph(model_dir, model, cuda_path, provider))
     if int8:
-        int8_path = target.with_name(INT8_NAME)
-        extras["int8"] = (
-            _int8_twin(model_dir, model, int8_path, opset)
-            if fold
-            else quantize_int8(target, int8_path, model_dir)
-        )
-    return ExportResult(target, report, extras, time.perf_counter() - start)
+        entries.append(_int8_graph(model_dir, cuda_path))
+    model_dir.record_graphs({e.path.name: e.record() for e in entries})
+    return ExportResult(model_dir.path, tuple(entries), time.perf_counter() - start)
+
+
+def export_graph(model_dir_path: Path, path: Path, *, fold: bool, opset: int = DEFAULT_OPSET):
+    """One validated graph written anywhere (benchmarks compare graphs this way); not
+    recorded in config.json, so ``scorer run`` never loads it."""
+    model_dir = ModelDir.open(model_dir_path)
+    model = model_dir.load_model()
+    with atomic_path(Path(path)) as tmp:
+        return _export_validated(model_dir, model, tmp, opset, fold, "CPUExecutionProvider")
 
 
 def _export_validated(
-    model_dir: ModelDir, model, path: Path, opset: int, fold: bool
+    model_dir: ModelDir, model, path: Path, opset: int, fold: bool, provider: str
 ) -> ValidationReport:
     from scorer.export.graph import InferenceGraph
 
     card = model_dir.card
     _torch_export(InferenceGraph(model, card.labels, card.tokenizer.max_len, fold), path, opset)
     _stamp_metadata(path, model_dir, "fp32")
-    report = validate_against_torch(path, model, card)
+    report = validate_against_torch(path, model, card, provider=provider)
     if not report.passed:
         raise UserError(f"exported model failed validation: {report.line()}")
     return report
 
 
-def _int8_twin(model_dir: ModelDir, model, target: Path, opset: int) -> Path:
-    """Quantized from the fused graph: onnxruntime quantizes its LSTM op (DynamicQuantizeLSTM)
-    but leaves the folded graph's time loop in fp32."""
-    work = make_temp_dir(target)
-    try:
-        fused = work / "fused.onnx"
-        _export_validated(model_dir, model, fused, opset, fold=False)
-        return quantize_int8(fused, target, model_dir)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+def _fp16_graph(model_dir: ModelDir, model, fused: Path, provider: str) -> GraphEntry:
+    import onnx
+
+    from scorer.export.fp16 import to_fp16, validate_fp16
+
+    target = model_dir.path / GRAPH_FILES[("cuda", "fp16")]
+    with atomic_path(target) as tmp:
+        onnx.save(to_fp16(onnx.load(str(fused))), str(tmp))
+        _stamp_metadata(tmp, model_dir, "fp16", expand=False)
+        report = validate_fp16(tmp, model, model_dir.card, "cuda" if "CUDA" in provider else "cpu")
+        if not report.passed:
+            raise UserError(f"fp16 export failed validation: {report.line()}")
+    return GraphEntry(target, "cuda", "fp16", "fused", report.line(), report.provider, report)
+
+
+def _int8_graph(model_dir: ModelDir, fused: Path) -> GraphEntry:
+    """Quantized from the fused graph: onnxruntime quantizes its LSTM op
+    (DynamicQuantizeLSTM) but would leave the folded graph's time loop in fp32."""
+    from scorer.export.int8_check import check_int8
+
+    target = model_dir.path / GRAPH_FILES[("cpu", "int8")]
+    with atomic_path(target) as tmp:
+        quantize_int8(fused, tmp, model_dir)
+        report = check_int8(model_dir.path / GRAPH_FILES[("cpu", "fp32")], tmp, model_dir.card)
+        if not report.passed:
+            raise UserError(f"int8 export failed its check against fp32: {report.line()}")
+    return GraphEntry(target, "cpu", "int8", "fused", report.line(), "CPUExecutionProvider", report)
 
 
 GRAPHS = ("auto", "folded", "fused")
@@ -192,14 +266,14 @@ def quantize_int8(source: Path, target: Path, model_dir: ModelDir) -> Path:
     """onnxruntime dynamic quantization (int8 weights for LSTM and MatMul) for CPU hosts."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with atomic_path(target) as tmp, _quiet_preprocessing_advice():
+    with _quiet_preprocessing_advice():
         quantize_dynamic(
             str(source),
-            str(tmp),
+            str(target),
             weight_type=QuantType.QInt8,
             op_types_to_quantize=["LSTM", "MatMul", "Gemm"],
         )
-        _stamp_metadata(tmp, model_dir, "int8")
+    _stamp_metadata(target, model_dir, "int8", expand=False)
     return target
 
 

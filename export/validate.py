@@ -21,6 +21,7 @@ class ValidationReport:
     argmax_mismatches: int
     tolerance: float
     failures: list[str] = field(default_factory=list)
+    provider: str = "CPUExecutionProvider"
 
     @property
     def passed(self) -> bool:
@@ -29,9 +30,9 @@ class ValidationReport:
     def line(self) -> str:
         verdict = "passed" if self.passed else "FAILED"
         return (
-            f"validation {verdict}: {self.cases} shape cases, worst |probs diff| "
-            f"{self.worst_diff:.2e} ({self.worst_case}), {self.argmax_mismatches} argmax "
-            f"differences (tolerance {self.tolerance:g})"
+            f"validation {verdict} on {self.provider}: {self.cases} shape cases, worst "
+            f"|probs diff| {self.worst_diff:.2e} ({self.worst_case}), "
+            f"{self.argmax_mismatches} argmax differences (tolerance {self.tolerance:g})"
         )
 
 
@@ -67,12 +68,30 @@ def torch_outputs(model, card: ModelCard, ids: np.ndarray, lengths: np.ndarray):
     return probs.numpy(), expected.numpy()
 
 
+def validation_provider(device: str) -> str:
+    """The provider a graph for ``device`` is validated on: its own when this host has it,
+    else the CPU (the README says which one each export used)."""
+    import onnxruntime as ort
+
+    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return "CUDAExecutionProvider"
+    return "CPUExecutionProvider"
+
+
 def validate_against_torch(
-    onnx_path: Path, model, card: ModelCard, *, tolerance: float = TOLERANCE, seed: int = 0
+    onnx_path: Path,
+    model,
+    card: ModelCard,
+    *,
+    tolerance: float = TOLERANCE,
+    seed: int = 0,
+    provider: str = "CPUExecutionProvider",
 ) -> ValidationReport:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(onnx_path), providers=[provider])
+    if session.get_providers()[0] != provider:
+        raise RuntimeError(f"could not validate {onnx_path} on {provider}")
     rng = np.random.default_rng(seed)
     worst, worst_case, mismatches, cases = 0.0, "-", 0, 0
     failures: list[str] = []
@@ -96,4 +115,4 @@ def validate_against_torch(
             mismatches += bad
             if diff > tolerance or bad:
                 failures.append(f"{case}: diff {diff:.2e}, {bad} argmax differences")
-    return ValidationReport(cases, worst, worst_case, mismatches, tolerance, failures)
+    return ValidationReport(cases, worst, worst_case, mismatches, tolerance, failures, provider)

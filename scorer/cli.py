@@ -1,12 +1,14 @@
 """The `scorer` command line: a thin Typer layer over plain functions that tests import.
 
-Exit codes: 0 done; 1 bad input or usage (one line on stderr, no traceback); 130 interrupted;
-any other non-zero code is an internal error and keeps its traceback.
+Exit codes: 0 done; 1 bad input or usage (one line on stderr, no traceback); 70 internal
+error and 74 operating-system I/O error (both with their traceback; a partial output stays
+resumable); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +19,8 @@ from scorer import __version__
 from scorer.errors import UserError
 
 INTERRUPTED = 130
+INTERNAL = 70  # EX_SOFTWARE: a bug or an inconsistent state, with its traceback
+IO_ERROR = 74  # EX_IOERR: the operating system failed a read or write (e.g. disk full)
 
 app = typer.Typer(
     name="scorer",
@@ -107,20 +111,43 @@ def train_command(
         bool | None, typer.Option("--keep-whitespace/--drop-whitespace")
     ] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
-    lr: Annotated[float | None, typer.Option()] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Rows per step (default 128; on CUDA 1024, see --lr)."),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help="Peak learning rate (default 3e-3; on CUDA 6e-3). Give only one of "
+            "--batch-size/--lr on CUDA and the other comes from the CUDA preset."
+        ),
+    ] = None,
     weight_decay: Annotated[float | None, typer.Option()] = None,
     patience: Annotated[int | None, typer.Option(help="Epochs without val improvement.")] = None,
     expected_loss_weight: Annotated[
         float | None, typer.Option(help="Weight of the expected-rating squared error.")
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda.")] = None,
-    precision: Annotated[str | None, typer.Option(help="auto | fp32 | bf16 | fp16.")] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="auto | fp32 | bf16 | fp16. auto: fp16 with a GradScaler on CUDA, fp32 on CPU; "
+            "bf16 keeps the LSTM in fp32."
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option()] = None,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="torch CPU threads; default: the CPUs this process may use."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
 ) -> None:
     """Train a rating model; epochs are chosen on validation, test is scored once."""
+    import os
+
+    # Before torch loads: its OpenMP (libgomp) reads this once. Spinning idle threads slow
+    # training many times over when another job shares the CPUs; passive ones sleep.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from scorer.data import DEFAULT_TEXT_COLUMNS
     from scorer.presets import resolve
     from scorer.train import TrainJob, train_model
@@ -145,53 +172,75 @@ def train_command(
 @app.command("export")
 def export_command(
     model_dir: Annotated[Path, typer.Argument(help="Model directory from `scorer train`.")],
-    out: Annotated[
-        Path | None, typer.Option(help="ONNX file to write (default MODEL_DIR/model.onnx).")
-    ] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
-    int8: Annotated[
-        bool, typer.Option("--int8", help="Also write model.int8.onnx (CPU hosts).")
-    ] = False,
     graph: Annotated[
         str,
         typer.Option(
-            help="auto | folded (embedding folded into layer 0: faster on CPU; one-layer "
-            "models) | fused (onnxruntime's LSTM op). auto: folded when the model allows."
+            help="The CPU graph: auto | folded (embedding folded into layer 0: faster on CPU; "
+            "one-layer models) | fused (onnxruntime's LSTM op). The CUDA graph is always fused."
         ),
     ] = "auto",
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Also write model.int8.onnx (CPU hosts).")
+    ] = False,
+    fp16: Annotated[
+        bool, typer.Option("--fp16", help="Also write model.cuda.fp16.onnx (CUDA hosts).")
+    ] = False,
 ) -> None:
-    """Export to ONNX (dynamic batch and sequence axes) and validate it against PyTorch."""
+    """Export one validated ONNX graph per provider (CPU, CUDA) into the model directory."""
     from scorer.export.onnx_export import export_model
 
-    typer.echo(export_model(model_dir, out, opset=opset, int8=int8, graph=graph).line())
+    result = export_model(model_dir, opset=opset, int8=int8, fp16=fp16, graph=graph)
+    typer.echo(result.line())
 
 
 @app.command("run")
 def run_command(
     input: Annotated[str, typer.Argument(help="Parquet file, directory or glob; CSV; NDJSON.")],
-    model: Annotated[Path, typer.Option("--model", help="Model directory (exported).")],
-    out: Annotated[Path, typer.Option("--out", help="Output Parquet file.")],
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            help="Model directory (exported). Default: $SCORER_MODEL, else the bundled "
+            "English product-review model.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Output Parquet file. Default: INPUT_STEM.scores.parquet."),
+    ] = None,
     text_col: TextCols = None,
     keep_col: Annotated[
         list[str] | None,
         typer.Option("--keep-col", help="Input column to copy to the output (repeatable)."),
     ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto | fp32 | int8.")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Rows per inference batch.")] = 2048,
+    precision: Annotated[
+        str, typer.Option(help="auto | fp32 | fp16 (CUDA) | int8 (CPU).")
+    ] = "auto",
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Rows per inference call (default: 2,048 on CPU, 16,384 on CUDA)."),
+    ] = None,
     chunk_rows: Annotated[int, typer.Option(help="Rows per pipeline chunk.")] = 50_000,
     threads: Annotated[
         int | None,
         typer.Option(
-            help="CPU threads: tokenizer threads, and concurrent onnxruntime calls on "
-            "slices of each batch (default: all cores)."
+            help="CPU inference: concurrent onnxruntime calls on slices of each batch "
+            "(default: the CPUs this process may use)."
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Chunks tokenized and written at once (default: the CPUs this process may use)."
         ),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
-    """Score reviews into Parquet: streaming, bounded memory, resumable."""
+    """Score reviews into Parquet: streaming, bounded memory, resumable, one writer."""
     from scorer.run import RunJob, run_scoring
 
     job = RunJob(
@@ -205,6 +254,7 @@ def run_command(
         batch_size=batch_size,
         chunk_rows=chunk_rows,
         threads=threads,
+        workers=workers,
         resume=resume,
         overwrite=overwrite,
         quiet=quiet,
@@ -215,16 +265,20 @@ def run_command(
 @app.command("eval")
 def eval_command(
     input: Annotated[str, typer.Argument(help="Labelled reviews (Parquet, CSV or NDJSON).")],
-    model: Annotated[Path, typer.Option("--model", help="Model directory (exported).")],
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="Model directory (default: $SCORER_MODEL, else bundled)."),
+    ] = None,
     label_col: Annotated[str, typer.Option(help="Rating column.")] = "Rating",
     text_col: TextCols = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto | fp32 | int8.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | fp16 | int8.")] = "auto",
     split_file: Annotated[
         Path | None, typer.Option(help="row,split file: evaluate only the --split rows.")
     ] = None,
     split: Annotated[str, typer.Option(help="Which split of --split-file.")] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
     """Accuracy, macro-F1, RMSE, MAE and the confusion matrix of a labelled file."""
     from scorer.evaluate import EvalJob, evaluate, format_metrics
@@ -238,6 +292,7 @@ def eval_command(
         precision=precision,
         split_file=split_file,
         split=split,
+        quiet=quiet or as_json,
     )
     typer.echo(format_metrics(evaluate(job), as_json))
 
@@ -256,7 +311,12 @@ _TRAIN_NON_OPTIONS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point; returns the exit code (and exits with it when run as a script)."""
+    """Console entry point; returns the exit code (and exits with it when run as a script).
+
+    1 is reserved for bad input or usage (one line, no traceback). Anything unexpected is an
+    internal error: it keeps its traceback and exits INTERNAL (or IO_ERROR for an operating
+    system error such as a full disk), and a partial output stays resumable.
+    """
     try:
         code = app(args=argv, standalone_mode=False)
     except TyperException as exc:  # usage errors: Typer's own click exceptions
@@ -267,6 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         typer.echo(f"scorer: error: {exc}", err=True)
         code = 1
+    except Exception as exc:
+        code = IO_ERROR if isinstance(exc, OSError) else INTERNAL
+        traceback.print_exc()
+        typer.echo(
+            f"scorer: internal error (exit {code}): {type(exc).__name__}: {exc}; a partial "
+            "output is kept (rerun with --resume)",
+            err=True,
+        )
     code = code if isinstance(code, int) else 0
     if code == INTERRUPTED:  # Typer turns Ctrl-C into Exit(130)
         typer.echo("scorer: interrupted; nothing half-written (use --resume to continue)", err=True)

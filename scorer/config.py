@@ -13,7 +13,9 @@ from typing import Any, Literal
 
 from scorer.errors import UserError
 
-FORMAT_VERSION = 1
+# 2: one graph per provider, their sha256 recorded in config.json ("graphs"), and the
+# training rows' fingerprint ("training").
+FORMAT_VERSION = 2
 Variant = Literal["fixed", "packed", "vectors", "regression"]
 VARIANTS: tuple[str, ...] = ("fixed", "packed", "vectors", "regression")
 POOLINGS: tuple[str, ...] = ("last", "last+max")
@@ -78,11 +80,25 @@ class TrainConfig:
     grad_clip: float = 1.0
     threads: int | None = None
     expected_loss_weight: float = 0.0
+    # Which of batch_size and lr the user left to presets (no flag, no --config key, no
+    # --reference): once the device is known, its preset sets them (presets.batch_preset).
+    from_preset: tuple[str, ...] = ()
+    # Where the batch size and learning rate that trained the model came from.
+    batch_source: str = "given"
+
+    def __post_init__(self) -> None:
+        # config.json stores tuples as lists; keep the frozen config hashable when read back.
+        object.__setattr__(self, "from_preset", tuple(self.from_preset))
 
 
 @dataclass(frozen=True)
 class ModelCard:
-    """Everything ``config.json`` holds: enough to rebuild, check and score the model."""
+    """Everything ``config.json`` holds: enough to rebuild, check and score the model.
+
+    ``graphs`` (written by ``scorer export``) maps each ONNX file to its sha256, provider and
+    precision; ``training`` fingerprints the training data. Neither goes into the card that
+    is embedded in the ONNX files (``embedded_json``): a graph cannot hold its own hash.
+    """
 
     model: ModelConfig
     tokenizer: TokenizerConfig
@@ -91,10 +107,18 @@ class ModelCard:
     text_columns: tuple[str, ...]
     vocab_sha256: str
     versions: dict[str, str] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    graphs: dict[str, dict[str, Any]] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    def embedded_json(self) -> str:
+        """The card as stamped into ONNX metadata and scored outputs (no graph hashes)."""
+        doc = dataclasses.asdict(self)
+        del doc["graphs"]
+        return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> ModelCard:
@@ -112,9 +136,11 @@ class ModelCard:
                 text_columns=tuple(doc["text_columns"]),
                 vocab_sha256=str(doc["vocab_sha256"]),
                 versions=dict(doc.get("versions", {})),
+                training=dict(doc.get("training", {})),
+                graphs={str(k): dict(v) for k, v in doc.get("graphs", {}).items()},
                 format_version=version,
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise UserError(f"config.json is malformed: {exc}") from None
 
     @classmethod

@@ -3,78 +3,126 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import polars as pl
+import pyarrow as pa
 
+from scorer.cpus import available_cpus
 from scorer.data import read_split_file
 from scorer.errors import UserError
 from scorer.metrics import Metrics, rating_metrics
-from scorer.pipeline import Pipeline
-from scorer.run import Chunk, encode_chunk, infer_chunk, open_model
-from scorer.sources import check_columns, open_source
+from scorer.model_dir import resolve_model_dir
+from scorer.pipeline import Pipeline, Stage
+from scorer.progress import Progress
+from scorer.scoring import Chunk, encode_chunk, infer_chunk, open_model, text_columns_of
+from scorer.sources import check_columns, open_source, resolve_text_columns
+from scorer.text import row_hashes
 
 
 @dataclass(frozen=True)
 class EvalJob:
     input: str
-    model_dir: Path
+    model_dir: Path | None = None
     label_column: str = "Rating"
     text_columns: tuple[str, ...] | None = None
     device: str = "auto"
     precision: str = "auto"
-    batch_size: int = 2048
+    batch_size: int | None = None
     threads: int | None = None
+    workers: int | None = None
     chunk_rows: int = 50_000
     split_file: Path | None = None
     split: str = "test"
+    quiet: bool = True
 
 
 def evaluate(job: EvalJob) -> Metrics:
-    model_dir, vocab, scorer = open_model(job.model_dir, job.device, job.precision, job.threads)
-    card = model_dir.card
+    """Score a labelled file through the production path; warn when it holds the model's
+    own training rows (their metrics are inflated)."""
+    model = open_model(
+        resolve_model_dir(job.model_dir), job.device, job.precision, job.threads, job.batch_size
+    )
+    card = model.card
     source = open_source(job.input)
-    text_columns = job.text_columns or card.text_columns
+    text_columns, text_note = resolve_text_columns(
+        source.schema, job.text_columns or card.text_columns, explicit=bool(job.text_columns)
+    )
+    if text_note:
+        _warn(text_note)
     check_columns(source, text_columns, [job.label_column])
     labels = np.asarray(card.labels)
+    training = model.directory.training_rows()
+    seen = [0, 0]
+
+    def encode(chunk: Chunk) -> Chunk:
+        if training is not None:
+            texts = text_columns_of(chunk.table, text_columns)
+            seen[0] += int(np.isin(row_hashes(texts), training).sum())
+        return encode_chunk(chunk, text_columns, [job.label_column], model)
+
     pipeline = Pipeline(
         [
-            ("tokenize", lambda c: encode_chunk(c, vocab, card, job.threads)),
-            ("infer", lambda c: infer_chunk(c, scorer, job.batch_size)),
+            Stage("tokenize", encode, job.workers or available_cpus()),
+            Stage("infer", lambda c: infer_chunk(c, model)),
         ]
     )
-    chunks = _chunks(source, text_columns, job)
     true, pred, expected = [], [], []
-    for chunk in pipeline.run(chunks):
-        true.append(_label_index(chunk.frame[job.label_column].to_numpy(), labels, job))
-        pred.append(chunk.probs.argmax(axis=1))
-        expected.append(chunk.expected)
-    if not true or sum(len(t) for t in true) == 0:
+    with Progress(None, "rows", "evaluating", quiet=job.quiet) as progress:
+        for chunk in pipeline.run(_chunks(source, text_columns, job)):
+            values = chunk.table.column(job.label_column).to_numpy(zero_copy_only=False)
+            true.append(_label_index(values, labels, job))
+            pred.append(chunk.probs.argmax(axis=1))
+            expected.append(chunk.expected)
+            seen[1] += chunk.rows
+            progress.update(chunk.rows)
+    if not true or seen[1] == 0:
         raise UserError(f"{job.input}: no rows to evaluate")
+    if seen[0]:
+        _warn(
+            f"{seen[0]:,} of {seen[1]:,} rows ({seen[0] / seen[1]:.1%}) are in the model's "
+            "training data; their metrics are inflated (evaluate held-out rows, e.g. "
+            "--split-file F --split test)"
+        )
     return rating_metrics(
         np.concatenate(true), np.concatenate(pred), np.concatenate(expected), labels
     )
+
+
+def _warn(message: str) -> None:
+    print(f"scorer: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _chunks(source, text_columns, job: EvalJob):
     """Chunks of labelled rows; with a split file, only the rows of ``job.split``."""
     wanted = None
     if job.split_file is not None:
-        wanted = read_split_file(job.split_file, source.count_rows()) == job.split
+        total = source.count_rows()
+        if total is None:
+            total = sum(
+                t.num_rows for t in source.batches([job.label_column], [], chunk_rows=1 << 20)
+            )
+        wanted = read_split_file(job.split_file, total) == job.split
+    columns = list(dict.fromkeys([job.label_column, *text_columns]))
     start = 0
-    for frame in source.batches(text_columns, [job.label_column], chunk_rows=job.chunk_rows):
-        rows = len(frame)
+    for table in source.batches(columns, text_columns, chunk_rows=job.chunk_rows):
+        rows = table.num_rows
         if wanted is not None:
-            frame = frame.filter(pl.Series(wanted[start : start + rows]))
+            table = table.filter(pa.array(wanted[start : start + rows]))
         start += rows
-        if len(frame):
-            yield Chunk(start - rows, frame)
+        if table.num_rows:
+            yield Chunk(start - rows, table, table.num_rows)
 
 
 def _label_index(values: np.ndarray, labels: np.ndarray, job: EvalJob) -> np.ndarray:
-    values = values.astype(np.float64)
+    try:
+        values = values.astype(np.float64)
+    except (TypeError, ValueError):
+        raise UserError(
+            f"{job.input}: column {job.label_column!r} must hold numbers (ratings)"
+        ) from None
     index = np.searchsorted(labels, values)
     inside = index < len(labels)
     ok = inside & (labels[np.minimum(index, len(labels) - 1)] == values)

@@ -283,6 +283,15 @@ write_tokens = _make_tokenizer(STRINGS)
 
 
 @nb.njit(nogil=True, cache=True)
+def invalid_rows(data, offsets, valid, out):
+    """Which values of one string column hold invalid UTF-8."""
+    for row in range(len(out)):
+        if valid[row]:
+            out[row] = _validate(data, offsets[row], offsets[row + 1], False)
+    return 0
+
+
+@nb.njit(nogil=True, cache=True)
 def hash_rows(datas, offsets, valids, lo, hi, out):
     """FNV-1a 64 of each row's joined raw text (the fingerprint of a training row)."""
     ncols = len(datas)

@@ -39,18 +39,28 @@ class ReviewLSTM(nn.Module):
         self.head_dropout = nn.Dropout(config.dropout if config.pooling != "last" else 0.0)
         self.head = nn.Linear(features, config.outputs)
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        ids: torch.Tensor,
+        lengths: torch.Tensor,
+        cpu_lengths: torch.Tensor | None = None,
+        *,
+        lstm_fp32: bool = False,
+    ) -> torch.Tensor:
+        """``cpu_lengths``: the same lengths as a CPU tensor, for ``pack_padded_sequence``.
+        Training passes them from its host-side copy: ``lengths.cpu()`` would make the host
+        wait for the GPU on every batch. ``lstm_fp32``: run the LSTM in fp32 outside the
+        autocast region (see ``scorer.device``: bf16 precision)."""
         steps = ids.shape[1]
         # An empty review still runs one step (over PAD, whose embedding is zero).
         lengths = lengths.clamp(1, steps)
+        host = cpu_lengths.clamp(1, steps) if cpu_lengths is not None else None
         x = self.embed_dropout(self.embedding(ids))
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            # oneDNN has no bf16 LSTM kernel on CPUs without AVX512-BF16: under CPU autocast
-            # the LSTM alone runs in fp32 (embedding and head still take the bf16 path).
-            with torch.autocast("cpu", enabled=False):
-                out, h = self._recur(x.float(), lengths, steps)
+        if lstm_fp32 and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                out, h = self._recur(x.float(), lengths, host, steps)
         else:
-            out, h = self._recur(x, lengths, steps)
+            out, h = self._recur(x, lengths, host, steps)
         features = self._final_state(h)
         if self.config.pooling == "last+max":
             assert out is not None
@@ -61,18 +71,28 @@ class ReviewLSTM(nn.Module):
         return logits.squeeze(-1) if self.config.regression else logits
 
     def _recur(
-        self, x: torch.Tensor, lengths: torch.Tensor, steps: int
+        self, x: torch.Tensor, lengths: torch.Tensor, host: torch.Tensor | None, steps: int
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(outputs [B, T, D] when pooling needs them, final hidden states [L*dirs, B, H])."""
         if not self.config.packed:
             out, (h, _) = self.lstm(x)
             return out, h
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        host = lengths.cpu() if host is None else host
+        # Sorted here rather than by pack_padded_sequence(enforce_sorted=False): unpacking
+        # such a sequence copies its order back to the host (a GPU sync per batch). Both
+        # permutations are computed on the host and only sent to the device.
+        host_sorted, order = torch.sort(host, descending=True)
+        restore = torch.empty_like(order)
+        restore[order] = torch.arange(len(order))
+        order = order.to(x.device, non_blocking=True)
+        restore = restore.to(x.device, non_blocking=True)
+        packed = pack_padded_sequence(x.index_select(0, order), host_sorted, batch_first=True)
         out_packed, (h, _) = self.lstm(packed)
+        h = h.index_select(1, restore)
         if self.config.pooling != "last+max":
             return None, h
         out, _ = pad_packed_sequence(out_packed, batch_first=True, total_length=steps)
-        return out, h
+        return out.index_select(0, restore), h
 
     def _final_state(self, h: torch.Tensor) -> torch.Tensor:
         if self.config.bidirectional:

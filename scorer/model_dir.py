@@ -6,11 +6,15 @@ config.json   ModelCard: format_version, model/tokenizer/training config, labels
 vocab.json    tokens + sha256
 metrics.json  validation and test metrics, per-epoch history
 report.png    learning curves and the test confusion matrix
-model.onnx    written by `scorer export`
+train_rows.npy  sorted 64-bit hashes of the training rows' text (``scorer eval`` warns
+              when it is shown them again)
+model*.onnx   written by `scorer export`: one graph per provider (scorer.contract.GRAPH_FILES),
+              each one's sha256 recorded in config.json and checked at load
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -19,19 +23,48 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from scorer.config import ModelCard, TokenizerConfig, TrainConfig
 from scorer.errors import UserError
-from scorer.io import make_temp_dir
+from scorer.io import atomic_write_text, make_temp_dir, publish_dir
 from scorer.vocab import Vocab
 
-WEIGHTS, CONFIG, VOCAB, METRICS, REPORT, ONNX = (
+WEIGHTS, CONFIG, VOCAB, METRICS, REPORT, ONNX, FINGERPRINT = (
     "model.pt",
     "config.json",
     "vocab.json",
     "metrics.json",
     "report.png",
     "model.onnx",
+    "train_rows.npy",
 )
+
+
+BUNDLED = "default_model"
+MODEL_ENV = "SCORER_MODEL"
+
+
+def bundled_model_dir() -> Path:
+    """The default English product-review model shipped in the package (``make model``)."""
+    from importlib import resources
+
+    return Path(str(resources.files("scorer").joinpath(BUNDLED)))
+
+
+def resolve_model_dir(given: Path | None) -> Path:
+    """``--model``, else ``$SCORER_MODEL``, else the bundled default model."""
+    if given is not None:
+        return Path(given)
+    if os.environ.get(MODEL_ENV):
+        return Path(os.environ[MODEL_ENV])
+    path = bundled_model_dir()
+    if not (path / CONFIG).is_file():
+        raise UserError(
+            f"no --model given and this install has no bundled default model ({path}); "
+            f"pass --model MODEL_DIR or set {MODEL_ENV}"
+        )
+    return path
 
 
 def prepare_output(out: Path, *, overwrite: bool) -> None:
@@ -71,6 +104,25 @@ class ModelDir:
     def vocab(self) -> Vocab:
         return Vocab.load(self.path / VOCAB, expected_sha256=self.card.vocab_sha256)
 
+    def training_rows(self) -> np.ndarray | None:
+        """Sorted hashes of the training rows' text (``scorer.text.row_hashes``), if kept."""
+        path = self.path / FINGERPRINT
+        if not path.is_file():
+            return None
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read {path}: {exc}") from None
+
+    def record_graphs(self, graphs: dict[str, dict[str, Any]]) -> ModelDir:
+        """Rewrite config.json with these graph entries (file name -> sha256, provider,
+        precision, ...) replacing the ones for the same files; atomically."""
+        card = ModelCard.load(self.path / CONFIG)
+        merged = {**card.graphs, **graphs}
+        updated = dataclasses.replace(card, graphs=dict(sorted(merged.items())))
+        atomic_write_text(self.path / CONFIG, updated.to_json())
+        return ModelDir(self.path, updated)
+
     def load_model(self):
         """The PyTorch model, rebuilt from config.json and checked against the weights."""
         import torch
@@ -106,6 +158,8 @@ class ModelDir:
         text_columns: tuple[str, ...],
         metrics: dict[str, Any],
         overwrite: bool,
+        training: dict[str, Any] | None = None,
+        fingerprint: np.ndarray | None = None,
     ) -> ModelDir:
         """Write everything into a temporary directory, then move it into place."""
         import torch
@@ -120,28 +174,20 @@ class ModelDir:
             text_columns=tuple(text_columns),
             vocab_sha256=vocab.sha256,
             versions=library_versions(),
+            training=dict(training or {}),
         )
         tmp = make_temp_dir(out)
         try:
             torch.save(model.state_dict(), tmp / WEIGHTS)
             (tmp / CONFIG).write_text(card.to_json(), encoding="utf-8")
             vocab.save(tmp / VOCAB)
+            if fingerprint is not None:
+                np.save(tmp / FINGERPRINT, np.unique(fingerprint.astype(np.uint64)))
             (tmp / METRICS).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
             from scorer.report import write_report
 
             write_report(tmp / REPORT, metrics)
-            _replace_dir(tmp, out)
+            publish_dir(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return cls(out, card)
-
-
-def _replace_dir(new: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(new, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, out)

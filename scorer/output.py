@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -22,23 +20,28 @@ _PART = re.compile(r"part-(\d{12})-(\d{12})\.parquet$")
 LOSSY_KEY = b"scorer.lossy_rows"
 
 
+RESERVED = ("row", "predicted_rating", "expected_rating")
+
+
 @dataclass(frozen=True)
 class OutputSpec:
-    text_columns: tuple[str, ...]
+    """The output schema: kept input columns, then ``row``, the prediction and the
+    probabilities, with the model's sha256 and card in the Parquet metadata."""
+
     keep_columns: tuple[str, ...]
     labels: tuple[float, ...]
     schema: pa.Schema
 
     @classmethod
-    def create(
-        cls, text_columns: Sequence[str], keep: Sequence[str], input_schema, card: ModelCard, scorer
-    ) -> OutputSpec:
+    def create(cls, kept: pa.Schema, card: ModelCard, scorer) -> OutputSpec:
         labels = tuple(card.labels)
-        names = ["row", "predicted_rating", "expected_rating", *(prob_name(v) for v in labels)]
-        clash = sorted(set(names) & set(keep))
+        names = [*RESERVED, *(prob_name(v) for v in labels)]
+        clash = [c for c in kept.names if c in names]
         if clash:
-            raise UserError(f"--keep-col {clash} would clash with output columns {names}")
-        kept = pl.DataFrame(schema={c: input_schema[c] for c in keep}).to_arrow().schema
+            raise UserError(
+                f"kept column {clash[0]!r} has the name of an output column ({', '.join(names)}); "
+                "rename it in the input or leave it out with --keep-col"
+            )
         integral = all(float(v).is_integer() for v in labels)
         fields = [
             *kept,
@@ -49,29 +52,30 @@ class OutputSpec:
         ]
         metadata = {
             "scorer.version": __version__,
+            "scorer.model_file": scorer.path.name,
             "scorer.model_sha256": scorer.sha256,
             "scorer.model_precision": scorer.precision,
-            "scorer.model_card": card.to_json(),
+            "scorer.model_card": card.embedded_json(),
         }
         schema = pa.schema(fields, metadata={k: v.encode() for k, v in metadata.items()})
-        return cls(tuple(text_columns), tuple(keep), labels, schema)
+        return cls(tuple(kept.names), labels, schema)
 
     def table(
-        self, frame: pl.DataFrame, probs: np.ndarray, expected: np.ndarray, start: int
+        self, kept: pa.Table, probs: np.ndarray, expected: np.ndarray, start: int
     ) -> pa.Table:
         """The output rows of the chunk starting at input row ``start``."""
         values = np.asarray(self.labels)
         predicted = values[probs.argmax(axis=1)] if len(probs) else values[:0]
-        columns = {c: frame[c].to_arrow() for c in self.keep_columns}
-        columns["row"] = pa.array(np.arange(start, start + len(frame), dtype=np.int64))
+        n = len(probs)
+        columns = [kept.column(c) for c in self.keep_columns]
         integral = pa.types.is_integer(self.schema.field("predicted_rating").type)
-        columns["predicted_rating"] = pa.array(
-            predicted.astype(np.int64) if integral else predicted
-        )
-        columns["expected_rating"] = pa.array(expected.astype(np.float32))
-        for k, v in enumerate(self.labels):
-            columns[prob_name(v)] = pa.array(probs[:, k].astype(np.float32))
-        return pa.Table.from_pydict(columns, schema=self.schema)
+        columns += [
+            pa.array(np.arange(start, start + n, dtype=np.int64)),
+            pa.array(predicted.astype(np.int64) if integral else predicted),
+            pa.array(expected.astype(np.float32)),
+            *(pa.array(probs[:, k].astype(np.float32)) for k in range(len(self.labels))),
+        ]
+        return pa.Table.from_arrays(columns, schema=self.schema)
 
 
 def prob_name(label: float) -> str:
@@ -90,21 +94,52 @@ class Part:
 
 
 def read_parts(directory: Path) -> list[Part]:
-    """Finished parts, checked to cover rows 0..end without a gap."""
-    parts = sorted(
-        Part(int(m.group(1)), int(m.group(2)), p)
-        for p in directory.iterdir()
-        if (m := _PART.match(p.name))
-    )
+    """Finished parts, checked to cover rows 0..end without a gap (for assembling)."""
+    parts = _listed(directory)
     expected = 0
     for part in parts:
         if part.start != expected:
-            raise UserError(f"{directory}: part files have a gap at row {expected}; rerun")
+            raise PartsError(f"{directory}: part files have a gap at row {expected}")
         expected = part.end
     return parts
 
 
+class PartsError(Exception):
+    """Parts that should be complete are not: an internal error, kept for --resume."""
+
+
+def _listed(directory: Path) -> list[Part]:
+    return sorted(
+        Part(int(m.group(1)), int(m.group(2)), p)
+        for p in directory.iterdir()
+        if (m := _PART.match(p.name))
+    )
+
+
+def trusted_parts(directory: Path) -> tuple[list[Part], list[Path]]:
+    """The longest run of parts from row 0 that are whole (a readable footer and the rows
+    their name promises), and the files after it, which a resumed run rewrites: a crash can
+    leave a renamed part truncated or empty, or parts written out of order with a gap."""
+    trusted: list[Part] = []
+    parts = _listed(directory)
+    expected = 0
+    for index, part in enumerate(parts):
+        if part.start != expected or not _whole(part):
+            return trusted, [p.path for p in parts[index:]]
+        trusted.append(part)
+        expected = part.end
+    return trusted, []
+
+
+def _whole(part: Part) -> bool:
+    try:
+        return pq.ParquetFile(part.path).metadata.num_rows == part.end - part.start
+    except (pa.ArrowException, OSError):
+        return False
+
+
 def write_part(path: Path, table: pa.Table, *, lossy_rows: int = 0) -> None:
+    """One chunk's rows, written under a temporary name, fsynced, then renamed."""
     meta = dict(table.schema.metadata or {})
     meta[LOSSY_KEY] = str(lossy_rows).encode()
     with atomic_path(path) as tmp:

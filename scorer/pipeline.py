@@ -1,8 +1,10 @@
-"""A bounded, threaded producer/consumer pipeline: stages overlap, the slowest sets the pace.
+"""A bounded, ordered pipeline of stages, each run by one or more worker threads.
 
-polars, numpy and onnxruntime release the GIL in their kernels, so plain threads overlap
-reading, tokenizing, inference and writing. Queues hold at most ``depth`` items, which bounds
-memory; an error in any stage stops the others and is re-raised in the consumer.
+Items flow read -> stage 1 -> ... -> consumer in input order. A stage with ``workers > 1``
+processes that many items at once (the tokenizer kernels, onnxruntime, pyarrow and numpy
+release the GIL, so threads really run in parallel) and its results are handed on in input
+order. At most ``workers + depth`` items wait at each stage, which bounds memory. An error
+in any stage stops the others and is re-raised in the consumer.
 """
 
 from __future__ import annotations
@@ -11,10 +13,18 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 _DONE = object()
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    fn: Callable[[Any], Any]
+    workers: int = 1
 
 
 @dataclass
@@ -23,10 +33,12 @@ class _Failed:
 
 
 class Pipeline:
-    def __init__(self, stages: Sequence[tuple[str, Callable[[Any], Any]]], depth: int = 1):
+    def __init__(self, stages: Sequence[Stage], depth: int = 1) -> None:
         self.stages = list(stages)
         self.depth = depth
-        self.seconds: dict[str, float] = {"read": 0.0, **{name: 0.0 for name, _ in stages}}
+        # Busy seconds per stage, summed over its workers.
+        self.seconds: dict[str, float] = {"read": 0.0, **{s.name: 0.0 for s in stages}}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
 
     def _put(self, q: queue.Queue, item: Any) -> bool:
@@ -58,30 +70,45 @@ class Pipeline:
         except BaseException as exc:  # handed to the consumer, which re-raises it
             self._put(out, _Failed(exc))
 
-    def _work(self, name: str, fn: Callable, inbox: queue.Queue, out: queue.Queue) -> None:
+    def _timed(self, stage: Stage, item: Any) -> Any:
+        began = time.perf_counter()
+        result = stage.fn(item)
+        with self._lock:
+            self.seconds[stage.name] += time.perf_counter() - began
+        return result
+
+    def _dispatch(self, stage: Stage, pool: ThreadPoolExecutor, inbox, out) -> None:
+        """Take items in order, start each on the stage's pool, and pass the futures on in
+        the same order; the next stage waits for each in turn."""
         while True:
             item = self._get(inbox)
+            if isinstance(item, Future):
+                try:
+                    item = item.result()
+                except BaseException as exc:
+                    item = _Failed(exc)
             if item is _DONE or isinstance(item, _Failed):
                 self._put(out, item)
                 return
-            began = time.perf_counter()
-            try:
-                result = fn(item)
-            except BaseException as exc:
-                self._put(out, _Failed(exc))
-                return
-            self.seconds[name] += time.perf_counter() - began
-            if not self._put(out, result):
+            if not self._put(out, pool.submit(self._timed, stage, item)):
                 return
 
     def run(self, items: Iterable[Any]) -> Iterator[Any]:
         """Yield the last stage's results in input order."""
-        queues = [queue.Queue(maxsize=self.depth) for _ in range(len(self.stages) + 1)]
+        # A stage's outbox holds its running items: as many as its workers, plus depth.
+        queues = [queue.Queue(maxsize=self.depth)]
+        queues += [queue.Queue(maxsize=s.workers + self.depth - 1) for s in self.stages]
+        pools = [
+            ThreadPoolExecutor(s.workers, thread_name_prefix=f"scorer-{s.name}")
+            for s in self.stages
+        ]
         threads = [threading.Thread(target=self._feed, args=(items, queues[0]), daemon=True)]
-        for i, (name, fn) in enumerate(self.stages):
+        for i, (stage, pool) in enumerate(zip(self.stages, pools, strict=True)):
             threads.append(
                 threading.Thread(
-                    target=self._work, args=(name, fn, queues[i], queues[i + 1]), daemon=True
+                    target=self._dispatch,
+                    args=(stage, pool, queues[i], queues[i + 1]),
+                    daemon=True,
                 )
             )
         for thread in threads:
@@ -89,6 +116,8 @@ class Pipeline:
         try:
             while True:
                 item = self._get(queues[-1])
+                if isinstance(item, Future):
+                    item = item.result()
                 if item is _DONE:
                     return
                 if isinstance(item, _Failed):
@@ -98,3 +127,5 @@ class Pipeline:
             self._stop.set()
             for thread in threads:
                 thread.join(timeout=5)
+            for pool in pools:
+                pool.shutdown(wait=True, cancel_futures=True)

@@ -1,9 +1,11 @@
-"""`scorer run`: stream reviews through the fast tokenizer and onnxruntime into Parquet.
+"""`scorer run`: stream reviews through the tokenizer kernel and onnxruntime into Parquet.
 
-Each input chunk becomes a part file in ``.OUTPUT.partial/`` (written atomically), so a run
-killed at any moment resumes from its last finished chunk. When every chunk is done the
-parts are re-cut into fixed-size row groups of the final file (so chunking never shows in
-its bytes), which is renamed into place last; a manifest is written beside it.
+Each input chunk becomes a part file in ``.OUTPUT.partial/`` (written and fsynced under a
+temporary name, then renamed), so a run killed at any moment resumes from its whole parts.
+The partial directory is locked for the run: a second run on the same output is refused and
+never touches its parts. When every chunk is done the parts are re-cut into fixed-size row
+groups of the final file (so chunking never shows in its bytes), which is renamed into place
+last; a manifest is written beside it.
 """
 
 from __future__ import annotations
@@ -12,44 +14,49 @@ import ctypes
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import polars as pl
-from tqdm import tqdm
+import pyarrow as pa
 
 from scorer import __version__
+from scorer.cpus import available_cpus
 from scorer.errors import UserError
-from scorer.io import atomic_write_text
-from scorer.model_dir import ModelDir
-from scorer.output import OutputSpec, assemble, part_name, read_parts, write_part
-from scorer.pipeline import Pipeline
-from scorer.session import OnnxScorer, open_scorer
+from scorer.io import atomic_write_text, lock_output
+from scorer.model_dir import resolve_model_dir
+from scorer.output import OutputSpec, assemble, part_name, trusted_parts, write_part
+from scorer.pipeline import Pipeline, Stage
+from scorer.progress import Progress
+from scorer.scoring import Chunk, LoadedModel, encode_chunk, infer_chunk, open_model
 from scorer.sources import (
-    INVALID_UTF8_MARK,
     Source,
     check_columns,
     default_keep_columns,
     open_source,
+    resolve_text_columns,
 )
-from scorer.vocab import Vocab
 
 STATE = "state.json"
+
+
+class StateError(Exception):
+    """The partial directory's state file cannot be read: kept as it is for inspection."""
 
 
 @dataclass(frozen=True)
 class RunJob:
     input: str
-    model_dir: Path
-    out: Path
+    model_dir: Path | None = None
+    out: Path | None = None
     text_columns: tuple[str, ...] | None = None
     keep_columns: tuple[str, ...] | None = None
     device: str = "auto"
     precision: str = "auto"
-    batch_size: int = 2048
+    batch_size: int | None = None
     threads: int | None = None
+    workers: int | None = None
     chunk_rows: int = 50_000
     resume: bool = False
     overwrite: bool = False
@@ -64,21 +71,25 @@ class RunSummary:
     device: str
     provider: str
     precision: str
+    model: str = ""
     resumed_rows: int = 0
     lossy_rows: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    already_complete: bool = False
 
     @property
     def rows_per_s(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
     def line(self) -> str:
+        if self.already_complete:
+            return f"{self.out} is already complete ({self.rows:,} rows); nothing to resume"
         resumed = f" ({self.resumed_rows:,} from an earlier run)" if self.resumed_rows else ""
         lossy = f"; {self.lossy_rows:,} rows had invalid UTF-8" if self.lossy_rows else ""
         return (
             f"scored {self.rows:,} rows{resumed} in {self.seconds:.1f}s "
-            f"({self.rows_per_s:,.0f} rows/s) on {self.device} ({self.precision}) "
-            f"-> {self.out}{lossy}"
+            f"({self.rows_per_s:,.0f} rows/s) on {self.device} ({self.precision}) with "
+            f"{self.model} -> {self.out}{lossy}"
         )
 
 
@@ -90,100 +101,12 @@ def manifest_path(out: Path) -> Path:
     return out.with_name(out.name + ".manifest.json")
 
 
-@dataclass(frozen=True)
-class Chunk:
-    start: int
-    frame: pl.DataFrame
-    ids: np.ndarray | None = None
-    lengths: np.ndarray | None = None
-    probs: np.ndarray | None = None
-    expected: np.ndarray | None = None
-    lossy_rows: int = 0
-
-
-def encode_chunk(chunk: Chunk, vocab: Vocab, card, threads: int | None) -> Chunk:
-    enc = vocab.encode(
-        chunk.frame["text"],
-        max_len=card.tokenizer.max_len,
-        keep_whitespace=card.tokenizer.keep_whitespace,
-        threads=threads,
-    )
-    # CSV is decoded lossily: invalid UTF-8 became U+FFFD, counted here and reported.
-    lossy = int(chunk.frame["text"].str.contains(INVALID_UTF8_MARK, literal=True).sum())
-    return Chunk(chunk.start, chunk.frame.drop("text"), enc.ids, enc.lengths, lossy_rows=lossy)
-
-
-def infer_chunk(chunk: Chunk, scorer: OnnxScorer, batch_size: int) -> Chunk:
-    """Rows sorted by length and batched (little padding), results restored to input order."""
-    assert chunk.ids is not None and chunk.lengths is not None
-    n = len(chunk.lengths)
-    labels = len(scorer.card["labels"])
-    probs = np.empty((n, labels), dtype=np.float32)
-    expected = np.empty(n, dtype=np.float32)
-    order = np.argsort(chunk.lengths, kind="stable")
-    for start in range(0, n, batch_size):
-        rows = order[start : start + batch_size]
-        lengths = chunk.lengths[rows].astype(np.int64)
-        # Widths rounded up to a multiple of 8 (exact: padding is masked by lengths) keep the
-        # number of distinct shapes small, so onnxruntime's arena reuses its blocks.
-        width = min(-(-max(int(lengths.max()), 1) // 8) * 8, chunk.ids.shape[1])
-        probs[rows], expected[rows] = scorer.run(chunk.ids[rows, :width], lengths)
-    return Chunk(
-        chunk.start, chunk.frame, probs=probs, expected=expected, lossy_rows=chunk.lossy_rows
-    )
-
-
-def open_model(
-    path: Path, device: str, precision: str, threads: int | None
-) -> tuple[ModelDir, Vocab, OnnxScorer]:
-    """The model directory, its checked vocabulary, and an inference session whose ONNX
-    file was exported with that very vocabulary."""
-    model_dir = ModelDir.open(path)
-    vocab = model_dir.vocab()
-    scorer = open_scorer(model_dir.path, device=device, precision=precision, threads=threads)
-    if scorer.vocab_sha256 != vocab.sha256:
-        raise UserError(
-            f"{scorer.path} was exported with another vocabulary than {model_dir.path}/vocab.json"
-        )
-    return model_dir, vocab, scorer
-
-
-def _check_output(job: RunJob) -> None:
-    out = job.out
-    if not out.parent.is_dir():
-        raise UserError(f"output directory {out.parent} does not exist")
-    if out.suffix.lower() not in (".parquet", ".pq"):
-        raise UserError(f"{out}: the output is Parquet; name it *.parquet")
-    if out.exists() and not (job.overwrite or job.resume):
-        raise UserError(f"{out} already exists; pass --overwrite (or --resume)")
-
-
-def _run_state(job: RunJob, source: Source, scorer: OnnxScorer, spec: OutputSpec) -> dict:
-    return {
-        "inputs": [f.fingerprint() for f in source.files],
-        "model_sha256": scorer.sha256,
-        "text_columns": list(spec.text_columns),
-        "keep_columns": list(spec.keep_columns),
-        "version": __version__,
-    }
-
-
-def _prepare_parts(job: RunJob, state: dict) -> tuple[Path, int]:
-    """The parts directory, and how many input rows finished parts already cover."""
-    parts = partial_dir(job.out)
-    if job.resume and (parts / STATE).is_file():
-        saved = json.loads((parts / STATE).read_text())
-        if saved != state:
-            raise UserError(
-                f"cannot resume into {job.out}: the input files, model or columns changed "
-                "since the interrupted run (rerun with --overwrite)"
-            )
-        done = read_parts(parts)
-        return parts, done[-1].end if done else 0
-    shutil.rmtree(parts, ignore_errors=True)
-    parts.mkdir()
-    atomic_write_text(parts / STATE, json.dumps(state, indent=1))
-    return parts, 0
+def default_output(source: Source) -> Path:
+    """``<input stem>.scores.parquet`` beside the (first) input file or directory."""
+    first = source.files[0].path
+    if len(source.files) > 1:
+        return first.parent.with_name(first.parent.name + ".scores.parquet")
+    return first.with_name(first.stem + ".scores.parquet")
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -196,96 +119,287 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         pass
 
 
-def run_scoring(job: RunJob) -> RunSummary:
-    began = time.perf_counter()
-    limit_malloc_arenas()
-    _check_output(job)
-    if job.batch_size < 1 or job.chunk_rows < 1:
-        raise UserError("--batch-size and --chunk-rows must be >= 1")
-    model_dir, vocab, scorer = open_model(job.model_dir, job.device, job.precision, job.threads)
-    source = open_source(job.input)
-    text_columns = job.text_columns or model_dir.card.text_columns
-    keep = job.keep_columns if job.keep_columns is not None else default_keep_columns(source.schema)
-    check_columns(source, text_columns, keep)
-    spec = OutputSpec.create(text_columns, keep, source.schema, model_dir.card, scorer)
+def note(message: str) -> None:
+    print(f"scorer: {message}", file=sys.stderr, flush=True)
 
-    if job.resume and job.out.exists() and not partial_dir(job.out).exists():
-        raise UserError(f"{job.out} is already complete; nothing to resume")
-    parts, done_rows = _prepare_parts(job, _run_state(job, source, scorer, spec))
-    card = model_dir.card
-    pipeline = Pipeline(
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run reads and writes, resolved and checked before anything is written."""
+
+    source: Source
+    out: Path
+    text_columns: tuple[str, ...]
+    keep: tuple[str, ...]
+    spec: OutputSpec
+    model: LoadedModel
+    model_dir: Path
+
+
+def plan_run(job: RunJob, model: LoadedModel | None = None) -> Plan:
+    if job.chunk_rows < 1:
+        raise UserError("--chunk-rows must be >= 1")
+    source = open_source(job.input)
+    out = Path(job.out) if job.out is not None else default_output(source)
+    _check_output(job, out)
+    model_dir = resolve_model_dir(job.model_dir)
+    if model is None:
+        model = open_model(model_dir, job.device, job.precision, job.threads, job.batch_size)
+    for message in model.scorer.notes:
+        note(message)
+    text_columns, text_note = resolve_text_columns(
+        source.schema, job.text_columns or model.card.text_columns, explicit=bool(job.text_columns)
+    )
+    if text_note:
+        note(text_note)
+    keep = tuple(
+        job.keep_columns if job.keep_columns is not None else default_keep_columns(source.schema)
+    )
+    check_columns(source, text_columns, keep)
+    kept = pa.schema(
         [
-            ("tokenize", lambda c: encode_chunk(c, vocab, card, job.threads)),
-            ("infer", lambda c: infer_chunk(c, scorer, job.batch_size)),
+            pa.field(c, pa.large_string())
+            if pa.types.is_string(source.schema.field(c).type)
+            or pa.types.is_large_string(source.schema.field(c).type)
+            or pa.types.is_string_view(source.schema.field(c).type)
+            else source.schema.field(c)
+            for c in keep
         ]
     )
-    chunks = _numbered(source, text_columns, keep, job.chunk_rows, done_rows)
-    total = _row_count(source)
-    write_seconds = 0.0
-    with tqdm(
-        total=total, initial=done_rows, unit="rows", unit_scale=True, disable=job.quiet or None
-    ) as bar:
-        for chunk in pipeline.run(chunks):
-            t0 = time.perf_counter()
-            write_part(
-                parts / part_name(chunk.start, len(chunk.frame)),
-                spec.table(chunk.frame, chunk.probs, chunk.expected, chunk.start),
-                lossy_rows=chunk.lossy_rows,
-            )
-            write_seconds += time.perf_counter() - t0
-            bar.update(len(chunk.frame))
-    t0 = time.perf_counter()
-    rows, lossy = assemble(parts, job.out, spec)
-    write_seconds += time.perf_counter() - t0
-    seconds = time.perf_counter() - began
-    summary = RunSummary(
-        out=job.out,
-        rows=rows,
-        seconds=seconds,
-        device=scorer.device,
-        provider=scorer.provider,
-        precision=scorer.precision,
-        resumed_rows=done_rows,
-        lossy_rows=lossy,
-        stage_seconds={**pipeline.seconds, "write": write_seconds},
-    )
-    _write_manifest(job, source, scorer, summary)
-    shutil.rmtree(parts, ignore_errors=True)
+    spec = OutputSpec.create(kept, model.card, model.scorer)
+    return Plan(source, out, tuple(text_columns), keep, spec, model, model_dir)
+
+
+def run_scoring(job: RunJob, model: LoadedModel | None = None) -> RunSummary:
+    """Score ``job.input`` into one Parquet file (see the module docstring).
+
+    ``model`` replaces the model job.model_dir names (benchmarks time the host side alone
+    with a no-op scorer).
+    """
+    began = time.perf_counter()
+    limit_malloc_arenas()
+    plan = plan_run(job, model)
+    with lock_output(partial_dir(plan.out), label=plan.out, directory=True):
+        if job.resume and plan.out.exists() and not _has_parts_or_state(plan.out):
+            summary = _already_complete(plan, began)
+            _remove_if_empty(partial_dir(plan.out))
+            return summary
+        done_rows = _prepare_parts(job, plan)
+        summary = _score(job, plan, done_rows, began)
+        _write_manifest(job, plan, summary)
+        shutil.rmtree(partial_dir(plan.out), ignore_errors=True)
     return summary
 
 
-def _numbered(source: Source, text_columns, keep, chunk_rows: int, skip: int):
+def _score(job: RunJob, plan: Plan, done_rows: int, began: float) -> RunSummary:
+    parts = partial_dir(plan.out)
+    scorer = plan.model.scorer
+    workers = job.workers or available_cpus()
+    if workers < 1:
+        raise UserError("--workers must be >= 1")
+
+    def write(chunk: Chunk) -> int:
+        assert chunk.probs is not None and chunk.expected is not None
+        table = plan.spec.table(chunk.table, chunk.probs, chunk.expected, chunk.start)
+        write_part(parts / part_name(chunk.start, chunk.rows), table, lossy_rows=chunk.lossy_rows)
+        return chunk.rows
+
+    pipeline = Pipeline(
+        [
+            Stage(
+                "tokenize",
+                lambda c: encode_chunk(c, plan.text_columns, plan.keep, plan.model),
+                workers,
+            ),
+            Stage("infer", lambda c: infer_chunk(c, plan.model)),
+            Stage("write", write, workers),
+        ]
+    )
+    chunks = _numbered(plan, job.chunk_rows, done_rows)
+    total = plan.source.count_rows()
+    with Progress(total, "rows", "scoring", initial=done_rows, quiet=job.quiet) as progress:
+        for written in pipeline.run(chunks):
+            progress.update(written)
+    t0 = time.perf_counter()
+    rows, lossy = assemble(parts, plan.out, plan.spec)
+    stages = {**pipeline.seconds, "assemble": time.perf_counter() - t0}
+    return RunSummary(
+        out=plan.out,
+        rows=rows,
+        seconds=time.perf_counter() - began,
+        device=scorer.device,
+        provider=scorer.provider,
+        precision=scorer.precision,
+        model=_model_name(plan),
+        resumed_rows=done_rows,
+        lossy_rows=lossy,
+        stage_seconds=stages,
+    )
+
+
+def _remove_if_empty(directory: Path) -> None:
+    for entry in directory.iterdir():
+        if entry.name != "lock.pid":
+            return
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _model_name(plan: Plan) -> str:
+    return f"{plan.model_dir.name}/{plan.model.scorer.path.name}"
+
+
+def _numbered(plan: Plan, chunk_rows: int, skip: int):
     start = skip
-    for frame in source.batches(text_columns, keep, chunk_rows=chunk_rows, skip_rows=skip):
-        yield Chunk(start, frame)
-        start += len(frame)
+    columns = list(dict.fromkeys([*plan.keep, *plan.text_columns]))
+    for table in plan.source.batches(
+        columns, plan.text_columns, chunk_rows=chunk_rows, skip_rows=skip
+    ):
+        yield Chunk(start, table, table.num_rows)
+        start += table.num_rows
 
 
-def _row_count(source: Source) -> int | None:
-    """The progress bar's total, when it is cheap to know (Parquet footers)."""
-    return source.count_rows() if source.kind == "parquet" else None
+def _check_output(job: RunJob, out: Path) -> None:
+    if not out.parent.is_dir():
+        raise UserError(f"output directory {out.parent} does not exist")
+    if out.suffix.lower() not in (".parquet", ".pq"):
+        raise UserError(f"{out}: the output is Parquet; name it *.parquet")
+    if job.resume and job.overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pick one")
+    if out.exists() and not (job.overwrite or job.resume):
+        raise UserError(f"{out} already exists; pass --overwrite (or --resume)")
 
 
-def _write_manifest(job: RunJob, source: Source, scorer: OnnxScorer, summary: RunSummary):
+def _has_parts_or_state(out: Path) -> bool:
+    parts = partial_dir(out)
+    return parts.is_dir() and any(p.name != "lock.pid" for p in parts.iterdir())
+
+
+def _run_state(plan: Plan) -> dict:
+    """What must be unchanged for a resumed run to give the bytes of an uninterrupted one
+    (chunk and batch sizes, workers and threads never change the output's bytes)."""
+    return {
+        "inputs": [f.fingerprint() for f in plan.source.files],
+        "model_sha256": plan.model.scorer.sha256,
+        "model_file": plan.model.scorer.path.name,
+        "text_columns": list(plan.text_columns),
+        "keep_columns": list(plan.keep),
+        "version": __version__,
+    }
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StateError(
+            f"cannot read {path}: {exc}; the partial output is kept (rerun with --overwrite "
+            "to start over)"
+        ) from exc
+    if not isinstance(state, dict):
+        raise StateError(f"{path} does not hold a JSON object; the partial output is kept")
+    return state
+
+
+def _prepare_parts(job: RunJob, plan: Plan) -> int:
+    """How many input rows the trusted parts already cover; a fresh run starts empty."""
+    parts = partial_dir(plan.out)
+    state = _run_state(plan)
+    if job.resume and (parts / STATE).is_file():
+        saved = _read_state(parts / STATE)
+        _check_resumable(saved, state, plan)
+        trusted, stale = trusted_parts(parts)
+        for path in stale:
+            path.unlink()
+        return trusted[-1].end if trusted else 0
+    for entry in parts.iterdir():
+        if entry.name != "lock.pid":
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    atomic_write_text(parts / STATE, json.dumps(state, indent=1))
+    return 0
+
+
+def _check_resumable(saved: dict, state: dict, plan: Plan) -> None:
+    what = "cannot resume into " + str(plan.out)
+    old_inputs = {i.get("path"): i for i in saved.get("inputs", [])}
+    for now in state["inputs"]:
+        before = old_inputs.get(now["path"])
+        if before is None:
+            raise UserError(f"{what}: {now['path']} was not an input of the interrupted run")
+        if before != now:
+            raise UserError(
+                f"{what}: {now['path']} changed since the interrupted run (size or mtime); "
+                "rerun with --overwrite"
+            )
+    if len(old_inputs) != len(state["inputs"]):
+        raise UserError(f"{what}: the input files differ from the interrupted run's")
+    for key, label in (
+        ("model_sha256", "the model"),
+        ("model_file", "the model graph"),
+        ("text_columns", "the text columns"),
+        ("keep_columns", "the kept columns"),
+        ("version", "the scorer version"),
+    ):
+        if saved.get(key) != state[key]:
+            raise UserError(
+                f"{what}: {label} changed since the interrupted run; rerun with --overwrite"
+            )
+
+
+def _already_complete(plan: Plan, began: float) -> RunSummary:
+    """--resume on a finished output is a no-op, if the output is this input's and model's."""
+    try:
+        manifest = json.loads(manifest_path(plan.out).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = {}
+    same = (
+        manifest.get("inputs") == [f.fingerprint() for f in plan.source.files]
+        and manifest.get("model", {}).get("sha256") == plan.model.scorer.sha256
+    )
+    if not same:
+        raise UserError(
+            f"{plan.out} exists and was not scored from this input and model (per its "
+            "manifest); nothing to resume: pass --overwrite to replace it"
+        )
+    scorer = plan.model.scorer
+    return RunSummary(
+        out=plan.out,
+        rows=int(manifest.get("rows", 0)),
+        seconds=time.perf_counter() - began,
+        device=scorer.device,
+        provider=scorer.provider,
+        precision=scorer.precision,
+        model=_model_name(plan),
+        already_complete=True,
+    )
+
+
+def _write_manifest(job: RunJob, plan: Plan, summary: RunSummary) -> None:
+    scorer = plan.model.scorer
     manifest = {
         "scorer_version": __version__,
-        "output": str(job.out.resolve()),
-        "inputs": [f.fingerprint() for f in source.files],
+        "output": str(plan.out.resolve()),
+        "inputs": [f.fingerprint() for f in plan.source.files],
         "model": {
-            "dir": str(Path(job.model_dir).resolve()),
+            "dir": str(plan.model_dir.resolve()),
             "file": str(scorer.path.resolve()),
             "sha256": scorer.sha256,
             "precision": scorer.precision,
         },
         "device": summary.device,
         "provider": summary.provider,
+        "text_columns": list(plan.text_columns),
+        "keep_columns": list(plan.keep),
+        "batch_size": scorer.batch_size,
+        "chunk_rows": job.chunk_rows,
+        "workers": job.workers or available_cpus(),
         "rows": summary.rows,
         "resumed_rows": summary.resumed_rows,
         "lossy_utf8_rows": summary.lossy_rows,
         "seconds": summary.seconds,
         "rows_per_s": summary.rows_per_s,
         "stage_seconds": summary.stage_seconds,
+        "notes": list(scorer.notes),
         "pid": os.getpid(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    atomic_write_text(manifest_path(job.out), json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(manifest_path(plan.out), json.dumps(manifest, indent=2) + "\n")

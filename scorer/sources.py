@@ -1,4 +1,9 @@
-"""Streaming input: Parquet (file, directory or glob), CSV, NDJSON, read in bounded chunks."""
+"""Streaming input: Parquet (file, directory or glob), CSV, NDJSON, as Arrow record batches.
+
+Text bytes are passed through unvalidated (pyarrow's CSV reader with ``check_utf8=False``;
+its Parquet and NDJSON readers do not validate), so invalid UTF-8 reaches the tokenizer
+kernel, which reads it exactly as a lossy decode would and flags the row.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,21 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import polars as pl
 import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from scorer.data import require_columns, text_expr
 from scorer.errors import UserError
 
 PARQUET = (".parquet", ".pq")
 CSV = (".csv",)
 NDJSON = (".ndjson", ".jsonl")
-INVALID_UTF8_MARK = "\ufffd"
+# Read blocks for CSV and NDJSON: large enough to amortize, small enough to stay flat.
+BLOCK_BYTES = 16 << 20
+# When the model's text columns are absent, one of these (any case) is taken, if unambiguous.
+COMMON_TEXT_NAMES = ("text", "review", "review_text", "body", "content")
+ID_NAMES = ("id", "review_id", "reviewid")
 
 
 @dataclass(frozen=True)
@@ -29,74 +38,97 @@ class InputFile:
     def fingerprint(self) -> dict[str, object]:
         return {"path": str(self.path.resolve()), "bytes": self.bytes, "mtime_ns": self.mtime_ns}
 
+    def changed(self) -> bool:
+        """Whether the file on disk differs (size or mtime) from when it was opened."""
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return True
+        return (stat.st_size, stat.st_mtime_ns) != (self.bytes, self.mtime_ns)
+
+
+def is_text_type(kind: pa.DataType) -> bool:
+    return (
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_string_view(kind)
+        or pa.types.is_null(kind)
+    )
+
+
+def _castable_to_text(kind: pa.DataType) -> bool:
+    """Types whose string form loses nothing (numbers, booleans, dates, dictionary text)."""
+    if pa.types.is_dictionary(kind):
+        return is_text_type(kind.value_type)
+    return (
+        is_text_type(kind)
+        or pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_temporal(kind)
+        or pa.types.is_decimal(kind)
+    )
+
 
 @dataclass(frozen=True)
 class Source:
-    """One logical table over one or more files of the same format."""
+    """One logical table over one or more files of the same format and schema."""
 
     files: tuple[InputFile, ...]
     kind: str
-    schema: pl.Schema
-
-    def _scan(self) -> pl.LazyFrame:
-        paths = [str(f.path) for f in self.files]
-        if self.kind == "parquet":
-            return pl.scan_parquet(paths)
-        if self.kind == "csv":
-            # Invalid UTF-8 is replaced by U+FFFD (and counted) rather than failing the run.
-            return pl.scan_csv(paths, encoding="utf8-lossy", infer_schema_length=10_000)
-        return pl.scan_ndjson(paths, infer_schema_length=10_000)
+    schema: pa.Schema
 
     def batches(
         self,
+        columns: Sequence[str],
         text_columns: Sequence[str],
-        keep_columns: Sequence[str],
         *,
         chunk_rows: int,
         skip_rows: int = 0,
-    ) -> Iterator[pl.DataFrame]:
-        """Frames of at most ``chunk_rows`` rows: the kept columns and ``text``, in order."""
-        select = [*keep_columns, text_expr(text_columns, self.schema)]
+    ) -> Iterator[pa.Table]:
+        """Tables of exactly ``chunk_rows`` rows (the last may be shorter) holding
+        ``columns``, in input order, after the first ``skip_rows`` rows. Text columns, and
+        kept columns holding text, come as ``large_string``; others as in the first file."""
+        target = pa.schema(
+            [
+                pa.field(name, pa.large_string())
+                if name in text_columns or is_text_type(self.schema.field(name).type)
+                else self.schema.field(name)
+                for name in columns
+            ]
+        )
         try:
-            if self.kind == "parquet":
-                yield from self._parquet_batches(select, chunk_rows, skip_rows)
-                return
-            frame = self._scan().select(*select)
-            if skip_rows:
-                frame = frame.slice(skip_rows)
-            for batch in frame.collect_batches(chunk_size=chunk_rows):
-                yield from _split(batch, chunk_rows)
-        except (pl.exceptions.PolarsError, pa.ArrowException, OSError) as exc:
+            raw = self._raw_batches(list(columns), skip_rows)
+            yield from _rechunk((_conform(b, target) for b in raw), chunk_rows)
+        except (pa.ArrowException, OSError) as exc:
             raise UserError(f"cannot read {self.describe()}: {_first_line(exc)}") from None
 
-    def _parquet_batches(
-        self, select: list, chunk_rows: int, skip_rows: int
-    ) -> Iterator[pl.DataFrame]:
-        """Row group by row group with pyarrow: memory stays bounded whatever the file size."""
-        needed = _referenced(select, self.schema)
-        columns = [name for name in self.schema.names() if name in needed]
+    def _raw_batches(self, columns: list[str], skip: int) -> Iterator[pa.RecordBatch]:
         for file in self.files:
-            # pre_buffer keeps every coalesced read of the file alive until the file is closed,
-            # so memory grew with the input; without it, it stays flat.
-            parquet = pq.ParquetFile(file.path, pre_buffer=False)
-            rows = parquet.metadata.num_rows
-            if skip_rows >= rows:
-                skip_rows -= rows
-                continue
-            for batch in parquet.iter_batches(batch_size=chunk_rows, columns=columns):
-                frame = pl.from_arrow(batch)
-                assert isinstance(frame, pl.DataFrame)
-                if skip_rows:
-                    take = min(skip_rows, len(frame))
-                    frame, skip_rows = frame.slice(take), skip_rows - take
-                if len(frame):
-                    yield frame.select(select)
+            if self.kind == "parquet":
+                reader = pq.ParquetFile(file.path, pre_buffer=False)
+                # Whole row groups before the resume point are never read.
+                groups, skip = _groups_after(reader.metadata, skip)
+                if not groups:
+                    continue
+                batches = reader.iter_batches(batch_size=65_536, row_groups=groups, columns=columns)
+            else:
+                batches = iter(_open_text_file(self.kind, file.path, columns))
+            for batch in batches:
+                if skip >= batch.num_rows:
+                    skip -= batch.num_rows
+                    continue
+                if skip:
+                    batch, skip = batch.slice(skip), 0
+                yield batch.select(columns)
 
-    def count_rows(self) -> int:
-        """Rows in the input (Parquet: from footers; CSV and NDJSON: one streaming pass)."""
+    def count_rows(self) -> int | None:
+        """Rows in the input when cheap to know (Parquet footers), else None."""
+        if self.kind != "parquet":
+            return None
         try:
-            return int(self._scan().select(pl.len()).collect(engine="streaming").item())
-        except (pl.exceptions.PolarsError, OSError) as exc:
+            return sum(pq.ParquetFile(f.path).metadata.num_rows for f in self.files)
+        except (pa.ArrowException, OSError) as exc:
             raise UserError(f"cannot read {self.describe()}: {_first_line(exc)}") from None
 
     def describe(self) -> str:
@@ -105,20 +137,56 @@ class Source:
         return f"{len(self.files)} {self.kind} files under {self.files[0].path.parent}"
 
 
-def _referenced(select: list, schema: pl.Schema) -> set[str]:
-    """Input columns the selection reads (text columns and kept columns)."""
-    names: set[str] = set()
-    for expr in select:
-        if isinstance(expr, str):
-            names.add(expr)
-        else:
-            names |= set(expr.meta.root_names())
-    return names & set(schema.names())
+def _groups_after(metadata, skip: int) -> tuple[list[int], int]:
+    """Row groups from the one holding row ``skip`` on, and the rows left to skip in it."""
+    groups = []
+    for index in range(metadata.num_row_groups):
+        rows = metadata.row_group(index).num_rows
+        if not groups and skip >= rows:
+            skip -= rows
+            continue
+        groups.append(index)
+    return groups, skip
 
 
-def _split(batch: pl.DataFrame, rows: int) -> Iterator[pl.DataFrame]:
-    for start in range(0, len(batch), rows):
-        yield batch.slice(start, rows)
+def _open_text_file(kind: str, path: Path, columns: list[str] | None):
+    if kind == "csv":
+        return pa_csv.open_csv(
+            path,
+            read_options=pa_csv.ReadOptions(block_size=BLOCK_BYTES),
+            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+            convert_options=pa_csv.ConvertOptions(
+                include_columns=columns,
+                check_utf8=False,
+                strings_can_be_null=True,
+            ),
+        )
+    return pa_json.open_json(path, read_options=pa_json.ReadOptions(block_size=BLOCK_BYTES))
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """One schema for every file's batches (e.g. string and large_string alike)."""
+    if batch.schema.equals(schema):
+        return batch
+    return pa.RecordBatch.from_arrays(
+        [column.cast(field.type) for column, field in zip(batch.columns, schema, strict=True)],
+        schema=schema,
+    )
+
+
+def _rechunk(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        pending.append(batch)
+        count += batch.num_rows
+        while count >= rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, rows)
+            rest = table.slice(rows)
+            pending, count = rest.to_batches(), rest.num_rows
+    if count:
+        yield pa.Table.from_batches(pending)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -151,26 +219,98 @@ def _expand(spec: str) -> list[Path]:
     return [path]
 
 
+def file_schema(kind: str, path: Path) -> pa.Schema:
+    try:
+        if kind == "parquet":
+            return pq.read_schema(path)
+        return _open_text_file(kind, path, None).schema
+    except (pa.ArrowException, OSError) as exc:
+        raise UserError(f"cannot read {path}: {_first_line(exc)}") from None
+
+
 def open_source(spec: str | Path) -> Source:
+    """The input's files (sorted), format and schema (the first file's; others are checked
+    against it by ``check_columns``)."""
     paths = _expand(str(spec))
     kinds = {_kind(p) for p in paths}
     if len(kinds) > 1:
         raise UserError(f"{spec}: mixes file types {sorted(kinds)}")
     kind = kinds.pop()
     files = tuple(InputFile(p, p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
-    source = Source(files, kind, pl.Schema())
-    try:
-        schema = source._scan().collect_schema()
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise UserError(f"cannot read {source.describe()}: {_first_line(exc)}") from None
-    return Source(files, kind, schema)
+    return Source(files, kind, file_schema(kind, files[0].path))
+
+
+def resolve_text_columns(
+    schema: pa.Schema, wanted: Sequence[str], *, explicit: bool
+) -> tuple[tuple[str, ...], str | None]:
+    """The text columns to read, and a note when they differ from ``wanted``.
+
+    When none of the model's text columns is in the input (and they were not given with
+    ``--text-col``), one unambiguous common name is used instead.
+    """
+    names = schema.names
+    present = [c for c in wanted if c in names]
+    if len(present) == len(wanted):
+        return tuple(wanted), None
+    strings = [f.name for f in schema if is_text_type(f.type)]
+    if not present and not explicit:
+        common = [n for n in strings if n.lower() in COMMON_TEXT_NAMES]
+        if len(common) == 1:
+            note = (
+                f"the model's text columns {_quoted(wanted)} are not in the input; "
+                f"scoring column {common[0]!r} (choose with --text-col)"
+            )
+            return (common[0],), note
+    missing = [c for c in wanted if c not in names]
+    choices = " ".join(f"--text-col {_shell(n)}" for n in strings[:2]) or "--text-col NAME"
+    raise UserError(
+        f"no column {_quoted(missing)} in the input; its string columns are "
+        f"{_quoted(strings) or 'none'}: pass the review text with e.g. {choices}"
+    )
+
+
+def _quoted(names: Sequence[str]) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
+def _shell(name: str) -> str:
+    return name if name.replace("_", "").isalnum() else repr(name)
 
 
 def check_columns(source: Source, text_columns: Sequence[str], keep_columns: Sequence[str]):
-    require_columns(list(source.schema), [*text_columns, *keep_columns], source.describe())
-    text_expr(text_columns, source.schema)  # refuses non-text types with one line
+    """Every file has the text columns (as text) and the kept columns with one type each;
+    the first file that does not is named, before anything is written."""
+    first = source.schema
+    for file in source.files:
+        schema = first if file is source.files[0] else file_schema(source.kind, file.path)
+        where = str(file.path)
+        missing = [c for c in [*text_columns, *keep_columns] if c not in schema.names]
+        if missing:
+            raise UserError(
+                f"{where}: no column {_quoted(missing)}; columns are: {_quoted(schema.names)}"
+            )
+        for name in text_columns:
+            kind = schema.field(name).type
+            if not _castable_to_text(kind):
+                raise UserError(f"{where}: text column {name!r} has type {kind}, not text")
+            if file is not source.files[0] and _family(kind) != _family(first.field(name).type):
+                raise UserError(
+                    f"{where}: text column {name!r} has type {kind}, but "
+                    f"{source.files[0].path.name} has {first.field(name).type}"
+                )
+        for name in keep_columns:
+            kind, want = schema.field(name).type, first.field(name).type
+            if kind != want and not (_family(kind) == _family(want) == "text"):
+                raise UserError(
+                    f"{where}: column {name!r} has type {kind}, but "
+                    f"{source.files[0].path.name} has {want}"
+                )
 
 
-def default_keep_columns(schema: pl.Schema) -> list[str]:
+def _family(kind: pa.DataType) -> str:
+    return "text" if is_text_type(kind) else str(kind)
+
+
+def default_keep_columns(schema: pa.Schema) -> list[str]:
     """An id column is kept by default when the input has one."""
-    return [name for name in schema if name.lower() in ("id", "review_id", "reviewid")]
+    return [name for name in schema.names if name.lower() in ID_NAMES]

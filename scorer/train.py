@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -11,28 +12,28 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from scorer.batching import bucket_batches, padding_fraction, random_batches
+from scorer.batching import bucket_batches
 from scorer.config import ModelConfig, TokenizerConfig, TrainConfig
+from scorer.cpus import available_cpus
 from scorer.data import read_labels, read_split_file, read_table, read_texts, stratified_split
 from scorer.device import Runtime, choose_runtime
 from scorer.errors import UserError
 from scorer.metrics import Metrics, nearest_label, rating_metrics
 from scorer.model import ReviewLSTM, load_vectors
 from scorer.model_dir import ModelDir, prepare_output
+from scorer.presets import apply_batch_preset
+from scorer.progress import Progress
+from scorer.text import row_hashes
+from scorer.train_data import (
+    Batch,
+    Dataset,
+    make_batch,
+    padding_stats,
+    to_dataset,
+    training_fingerprint,
+)
 from scorer.vocab import Vocab
-
-
-@dataclass(frozen=True)
-class Dataset:
-    ids: torch.Tensor
-    lengths: torch.Tensor
-    target: torch.Tensor
-    label_index: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.label_index)
 
 
 @dataclass(frozen=True)
@@ -63,39 +64,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _to_dataset(
-    vocab: Vocab, texts, label_index: np.ndarray, labels, tok: TokenizerConfig, runtime: Runtime
-) -> Dataset:
-    enc = vocab.encode(texts, max_len=tok.max_len, keep_whitespace=tok.keep_whitespace)
-    values = np.asarray(labels, dtype=np.float32)
-
-    def move(array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(array)
-        if runtime.cuda:
-            # Moved once: batches are then gathered on the device itself.
-            return tensor.pin_memory().to(runtime.device, non_blocking=True)
-        return tensor
-
-    # Column 0: class index (classification target), column 1: rating (regression target).
-    target = np.stack([label_index.astype(np.float32), values[label_index]], axis=1)
-    return Dataset(
-        ids=move(enc.ids.astype(np.int64)),
-        lengths=move(enc.lengths.astype(np.int64)),
-        target=move(target),
-        label_index=label_index,
-    )
-
-
-def _batch(data: Dataset, rows: np.ndarray, fixed_len: bool, device: torch.device):
-    index = torch.from_numpy(rows).to(device, non_blocking=True)
-    lengths = data.lengths[index]
-    ids = data.ids[index]
-    if not fixed_len:
-        # Packed models never look past a batch's longest review: trim the padding.
-        ids = ids[:, : int(lengths.max().clamp(min=1))]
-    return ids, lengths, data.target[index]
-
-
 @dataclass(frozen=True)
 class Objective:
     """Cross-entropy (or MSE for regression), plus ``expected_weight`` times the squared
@@ -117,6 +85,13 @@ class Objective:
         return loss
 
 
+def _forward(model: ReviewLSTM, batch: Batch, runtime: Runtime) -> torch.Tensor:
+    with runtime.autocast():
+        return model(
+            batch.ids, batch.lengths, batch.cpu_lengths, lstm_fp32=runtime.precision.lstm_fp32
+        )
+
+
 @torch.no_grad()
 def predict(
     model: ReviewLSTM,
@@ -126,28 +101,36 @@ def predict(
     objective: Objective,
     batch_size: int = 1024,
 ) -> Prediction:
-    """Expected rating and argmax (or nearest label) per row, in row order, plus mean loss."""
+    """Expected rating and argmax (or nearest label) per row, in row order, plus mean loss.
+
+    Results stay on the device until one copy at the end: a copy per batch would make the
+    host wait for the GPU each time.
+    """
     model.eval()
-    values = torch.tensor(labels, dtype=torch.float32, device=runtime.device)
-    order = np.argsort(data.lengths.cpu().numpy(), kind="stable")
-    expected = np.empty(len(data), dtype=np.float64)
-    pred_index = np.empty(len(data), dtype=np.int64)
-    loss_sum = 0.0
-    for start in range(0, len(order), batch_size):
+    device, n = runtime.device, len(data)
+    values = torch.tensor(labels, dtype=torch.float32, device=device)
+    order = np.argsort(data.host_lengths, kind="stable")
+    expected = torch.zeros(n, dtype=torch.float64, device=device)
+    pred_index = torch.zeros(n, dtype=torch.float64, device=device)
+    loss_sum = torch.zeros(1, dtype=torch.float64, device=device)
+    for start in range(0, n, batch_size):
         rows = order[start : start + batch_size]
-        ids, lengths, target = _batch(data, rows, not model.config.packed, runtime.device)
-        with runtime.autocast():
-            output = model(ids, lengths).float()
-        loss_sum += float(objective(output, target)) * len(rows)
+        batch = make_batch(data, rows, not model.config.packed, device)
+        output = _forward(model, batch, runtime).float()
+        loss_sum += objective(output, batch.target).double() * len(rows)
         if model.config.regression:
             value = output.clamp(min(labels), max(labels))
         else:
             value = torch.softmax(output, dim=1) @ values
-            pred_index[rows] = output.argmax(dim=1).cpu().numpy()
-        expected[rows] = value.cpu().numpy()
+            pred_index[batch.index] = output.argmax(dim=1).double()
+        expected[batch.index] = value.double()
+    host = torch.cat([expected, pred_index, loss_sum]).cpu().numpy()
+    expected_np = host[:n]
     if model.config.regression:
-        pred_index = nearest_label(expected, labels)
-    return Prediction(expected, pred_index, loss_sum / max(len(data), 1))
+        pred_np = nearest_label(expected_np, labels)
+    else:
+        pred_np = host[n : 2 * n].astype(np.int64)
+    return Prediction(expected_np, pred_np, float(host[-1]) / max(n, 1))
 
 
 def _split_rows(split_file: Path | None, label_index: np.ndarray, seed: int) -> np.ndarray:
@@ -172,13 +155,16 @@ class TrainJob:
 
 def train_model(job: TrainJob) -> TrainResult:
     start = time.perf_counter()
-    cfg = job.train
     prepare_output(job.out, overwrite=job.overwrite)
     if job.model.variant == "vectors" and job.vectors is None:
         raise UserError("--variant vectors needs --vectors FILE (GloVe text format)")
-    if job.train.threads:
-        torch.set_num_threads(job.train.threads)
-    runtime = choose_runtime(cfg.device, cfg.precision)
+    # The CPUs this process may use (affinity, cgroup quota), not the host's count: more
+    # threads than CPUs make torch's OpenMP threads wait on each other.
+    threads = job.train.threads or available_cpus()
+    torch.set_num_threads(threads)
+    runtime = choose_runtime(job.train.device, job.train.precision)
+    # Batch size and rate left to presets depend on the device, known only now.
+    cfg = apply_batch_preset(job.train, runtime.device.type)
     seed_everything(cfg.seed)
 
     frame = read_table(job.data)
@@ -188,11 +174,17 @@ def train_model(job: TrainJob) -> TrainResult:
     rows = {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
     if len(rows["train"]) < cfg.batch_size:
         raise UserError(
-            f"{len(rows['train'])} training rows is fewer than one batch ({cfg.batch_size}); "
-            "lower --batch-size or add data"
+            f"{len(rows['train'])} training rows is fewer than one batch ({cfg.batch_size}, "
+            f"{cfg.batch_source}); lower --batch-size or add data"
         )
     if len(rows["val"]) == 0:
         raise UserError("no validation rows: the split needs 'val' rows for early stopping")
+    print(
+        f"training on {runtime.device}, {runtime.precision.line()}, {threads} CPU threads; "
+        f"batch {cfg.batch_size}, lr {cfg.lr:g} ({cfg.batch_source})",
+        file=sys.stderr,
+        flush=True,
+    )
 
     tok = job.tokenizer
     vocab = Vocab.build(
@@ -200,7 +192,7 @@ def train_model(job: TrainJob) -> TrainResult:
     )
     model_cfg = replace(job.model, vocab_size=len(vocab), num_labels=len(labels.values))
     sets = {
-        name: _to_dataset(vocab, texts.gather(r), labels.index[r], labels.values, tok, runtime)
+        name: to_dataset(vocab, texts.gather(r), labels.index[r], labels.values, tok, runtime)
         for name, r in rows.items()
         if len(r)
     }
@@ -232,16 +224,6 @@ def train_model(job: TrainJob) -> TrainResult:
         test = rating_metrics(
             sets["test"].label_index, test_pred.pred_index, test_pred.expected, labels.values
         )
-    train_lengths = sets["train"].lengths.cpu().numpy()
-    rng = np.random.default_rng(cfg.seed)
-    padding = {
-        "bucketed": padding_fraction(
-            bucket_batches(train_lengths, cfg.batch_size, rng), train_lengths
-        ),
-        "random": padding_fraction(
-            random_batches(len(train_lengths), cfg.batch_size, rng), train_lengths
-        ),
-    }
     seconds = time.perf_counter() - start
     model_dir = ModelDir.write(
         job.out,
@@ -258,75 +240,93 @@ def train_model(job: TrainJob) -> TrainResult:
             "history": history,
             "seconds": seconds,
             "device": str(runtime.device),
-            "precision": runtime.precision,
-            "padding_fraction": padding,
+            # What really ran, per op (see scorer.device).
+            "precision": runtime.precision.to_dict(),
+            "batch": {"batch_size": cfg.batch_size, "lr": cfg.lr, "source": cfg.batch_source},
+            "threads": threads,
+            "padding_fraction": padding_stats(sets["train"].host_lengths, cfg.batch_size, cfg.seed),
             "rows": {name: len(r) for name, r in rows.items()},
         },
         overwrite=job.overwrite,
+        training=training_fingerprint(job.data, job.split_file, rows),
+        fingerprint=row_hashes(texts.gather(rows["train"])),
     )
     return TrainResult(model_dir, val, test, best_epoch, seconds)
 
 
-def _fit(model, sets, labels, cfg: TrainConfig, runtime: Runtime, objective: Objective):
+def _fit(
+    model: ReviewLSTM,
+    sets: dict[str, Dataset],
+    labels: tuple[float, ...],
+    cfg: TrainConfig,
+    runtime: Runtime,
+    objective: Objective,
+) -> tuple[list[dict[str, float]], dict[str, torch.Tensor], int]:
+    """Epochs of bucketed batches with AdamW and a one-cycle rate; early stopping on the
+    validation loss keeps the best weights. The host reads from the device once per epoch
+    (the loss sum) plus once per validation pass."""
     train_set, val_set = sets["train"], sets["val"]
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # The fused step never asks the host whether gradients were finite (the unfused one
+    # calls .item() per step under a GradScaler).
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.lr, total_steps=steps_per_epoch * cfg.epochs, pct_start=0.2
     )
     scaler = runtime.grad_scaler()
     rng = np.random.default_rng(cfg.seed)
-    lengths = train_set.lengths.cpu().numpy()
     fixed_len = not model.config.packed
     history: list[dict[str, float]] = []
     best_loss, best_epoch, best_state, stale = math.inf, 0, None, 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         began = time.perf_counter()
-        total, seen = 0.0, 0
-        batches = bucket_batches(lengths, cfg.batch_size, rng)
-        for rows in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=None):
-            ids, batch_lengths, target = _batch(train_set, rows, fixed_len, runtime.device)
-            with runtime.autocast():
-                output = model(ids, batch_lengths)
-            loss = objective(output, target)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            total += float(loss.detach()) * len(rows)
-            seen += len(rows)
-        seconds = time.perf_counter() - began
-        pred = predict(model, val_set, labels, runtime, objective)
-        val = rating_metrics(val_set.label_index, pred.pred_index, pred.expected, labels)
-        record = {
-            "epoch": epoch,
-            "train_loss": total / seen,
-            "val_loss": pred.loss,
-            "val_accuracy": val.accuracy,
-            "val_rmse": val.rmse,
-            "val_rmse_expected": val.rmse_expected,
-            "seconds": seconds,
-            "batches_per_s": len(batches) / seconds,
-        }
-        history.append(record)
-        tqdm.write(
-            f"epoch {epoch:2d}  loss {record['train_loss']:.4f}  val loss {pred.loss:.4f}  "
-            f"val acc {val.accuracy:.4f}  val RMSE {val.rmse:.4f}  "
-            f"val RMSE(exp) {val.rmse_expected:.4f}  {seconds:.1f}s "
-            f"({record['batches_per_s']:.1f} batches/s)"
-        )
-        if pred.loss < best_loss:
-            best_loss, best_epoch, stale = pred.loss, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            stale += 1
-            if stale >= cfg.patience:
-                tqdm.write(f"early stop: val loss has not improved for {cfg.patience} epochs")
-                break
+        total = torch.zeros((), dtype=torch.float64, device=runtime.device)
+        batches = bucket_batches(train_set.host_lengths, cfg.batch_size, rng)
+        with Progress(len(batches), "batches", f"epoch {epoch}") as progress:
+            for rows in batches:
+                batch = make_batch(train_set, rows, fixed_len, runtime.device)
+                loss = objective(_forward(model, batch, runtime), batch.target)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                total += loss.detach().double() * len(rows)
+                progress.update(1)
+            train_loss = float(total) / len(train_set)  # the epoch's one read
+            seconds = time.perf_counter() - began
+            pred = predict(model, val_set, labels, runtime, objective)
+            val = rating_metrics(val_set.label_index, pred.pred_index, pred.expected, labels)
+            record = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": pred.loss,
+                "val_accuracy": val.accuracy,
+                "val_rmse": val.rmse,
+                "val_rmse_expected": val.rmse_expected,
+                "seconds": seconds,
+                "batches_per_s": len(batches) / seconds,
+            }
+            history.append(record)
+            progress.write(
+                f"epoch {epoch:2d}  loss {train_loss:.4f}  val loss {pred.loss:.4f}  "
+                f"val acc {val.accuracy:.4f}  val RMSE {val.rmse:.4f}  "
+                f"val RMSE(exp) {val.rmse_expected:.4f}  {seconds:.1f}s "
+                f"({record['batches_per_s']:.1f} batches/s)"
+            )
+            if pred.loss < best_loss:
+                best_loss, best_epoch, stale = pred.loss, epoch, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    progress.write(
+                        f"early stop: val loss has not improved for {cfg.patience} epochs"
+                    )
+                    break
     assert best_state is not None
     return history, best_state, best_epoch

@@ -28,16 +28,23 @@ VARIANTS = [
 
 
 @pytest.mark.parametrize(("variant", "options"), VARIANTS)
-def test_every_variant_exports_and_validates(tmp_path, variant, options) -> None:
+def test_every_variant_exports_both_graphs_validated(tmp_path, variant, options) -> None:
     model_dir = make_model_dir(tmp_path / "m", variant=variant, **options)
     result = export_model(model_dir.path)
-    assert result.report.passed and result.report.cases == 20
-    assert result.report.worst_diff < 1e-4 and result.report.argmax_mismatches == 0
-    model = onnx.load(str(result.path))
-    onnx.checker.check_model(model)
-    meta = read_metadata(result.path)
-    assert meta[META_VOCAB_SHA256] == model_dir.card.vocab_sha256
-    assert json.loads(meta[META_CARD])["model"]["variant"] == variant
+    assert [(g.path.name, g.device) for g in result.graphs] == [
+        ("model.onnx", "cpu"),
+        ("model.cuda.onnx", "cuda"),
+    ]
+    for graph in result.graphs:
+        # No CUDA provider here: both graphs are validated on the CPU provider.
+        assert graph.validated_on == "CPUExecutionProvider" == graph.report.provider
+        assert graph.report.cases == 20 and graph.report.worst_diff < 1e-4
+        assert graph.report.argmax_mismatches == 0
+        onnx.checker.check_model(onnx.load(str(graph.path)))
+        meta = read_metadata(graph.path)
+        assert meta[META_VOCAB_SHA256] == model_dir.card.vocab_sha256
+        assert json.loads(meta[META_CARD])["model"]["variant"] == variant
+    assert "LSTM" in {n.op_type for n in onnx.load(str(result.graphs[1].path)).graph.node}
 
 
 def test_contract_shapes_types_and_dynamic_axes(tmp_path) -> None:
@@ -116,7 +123,7 @@ def test_int8_export_agrees_with_fp32(tmp_path, caplog) -> None:
             ),
             "does not match its own sha256",
         ),
-        (lambda d: _edit_config(d, format_version=2), "format_version 2"),
+        (lambda d: _edit_config(d, format_version=1), "format_version 1"),
         (lambda d: _edit_config(d, model={"hidden_dim": 9}), "does not fit config.json"),
         (lambda d: (d / "model.pt").write_bytes(b"garbage"), "cannot load"),
         (lambda d: (d / "config.json").unlink(), "config.json is missing"),

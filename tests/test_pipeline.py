@@ -5,55 +5,104 @@ import time
 
 import pytest
 
-from scorer.pipeline import Pipeline
+from scorer.pipeline import Pipeline, Stage
 
 
-def test_results_in_order_through_every_stage() -> None:
-    pipeline = Pipeline([("double", lambda x: 2 * x), ("inc", lambda x: x + 1)], depth=2)
-    assert list(pipeline.run(range(100))) == [2 * i + 1 for i in range(100)]
-    assert set(pipeline.seconds) == {"read", "double", "inc"}
+@pytest.mark.parametrize(("workers", "depth"), [(1, 1), (3, 1), (2, 4)])
+def test_results_in_order_through_every_stage(workers, depth) -> None:
+    def jitter(x):
+        time.sleep(0.002 * ((x * 7) % 3))  # later items often finish first
+        return x
+
+    pipeline = Pipeline(
+        [
+            Stage("double", lambda x: 2 * jitter(x), workers),
+            Stage("inc", lambda x: x + 1),
+            Stage("write", jitter, workers),
+        ],
+        depth=depth,
+    )
+    assert list(pipeline.run(range(60))) == [2 * i + 1 for i in range(60)]
+    assert set(pipeline.seconds) == {"read", "double", "inc", "write"}
+
+
+def test_a_stage_with_workers_runs_items_at_once() -> None:
+    """Two workers hold two items at the same time (a barrier of 2 would block forever
+    with one worker: it times out and the test fails)."""
+    barrier = threading.Barrier(2, timeout=10)
+
+    def meet(x):
+        barrier.wait()
+        return x
+
+    assert list(Pipeline([Stage("meet", meet, workers=2)]).run(range(4))) == [0, 1, 2, 3]
 
 
 def test_stages_overlap() -> None:
-    def slow(x):
-        time.sleep(0.05)
+    """Stage b works on item 0 while stage a works on item 1 (no timing bound)."""
+    a_started_second = threading.Event()
+    b_saw_overlap = []
+
+    def a(x):
+        if x == 1:
+            a_started_second.set()
+            time.sleep(0.2)
         return x
 
-    began = time.perf_counter()
-    list(Pipeline([("a", slow), ("b", slow)]).run(range(10)))
-    # Sequential would take 10 * 2 * 0.05 = 1.0 s; overlapped about 0.55 s.
-    assert time.perf_counter() - began < 0.9
-
-
-@pytest.mark.parametrize("where", ["source", "stage"])
-def test_an_error_anywhere_reaches_the_consumer_and_stops_the_rest(where) -> None:
-    def source():
-        yield 1
-        if where == "source":
-            raise ValueError("bad input")
-        yield 2
-
-    def stage(x):
-        if where == "stage":
-            raise ValueError("bad input")
+    def b(x):
+        if x == 0:
+            b_saw_overlap.append(a_started_second.wait(timeout=10))
         return x
 
-    with pytest.raises(ValueError, match="bad input"):
-        list(Pipeline([("s", stage)]).run(source()))
-    time.sleep(0.3)
-    assert not [
+    assert list(Pipeline([Stage("a", a), Stage("b", b)]).run(range(3))) == [0, 1, 2]
+    assert b_saw_overlap == [True]
+
+
+def _pipeline_threads() -> list[threading.Thread]:
+    return [
         t
         for t in threading.enumerate()
-        if t.daemon
+        if t is not threading.main_thread()
         and t.is_alive()
-        and t.name != "MainThread"
-        and "Thread-" in t.name
-        and t.is_alive()
-        and False
+        and (t.name.startswith("scorer-") or t.name.startswith("Thread-"))
     ]
 
 
-def test_memory_is_bounded_by_depth() -> None:
+@pytest.mark.parametrize("where", ["source", "stage", "later stage"])
+def test_an_error_anywhere_reaches_the_consumer_and_stops_the_rest(where) -> None:
+    produced = []
+
+    def source():
+        for i in range(1000):
+            produced.append(i)
+            if where == "source" and i == 3:
+                raise ValueError("bad input")
+            yield i
+
+    def stage(x):
+        if where == "stage" and x == 3:
+            raise ValueError("bad input")
+        return x
+
+    def later(x):
+        if where == "later stage" and x == 3:
+            raise ValueError("bad input")
+        return x
+
+    before = set(_pipeline_threads())
+    pipeline = Pipeline([Stage("s", stage, workers=2), Stage("t", later)])
+    with pytest.raises(ValueError, match="bad input"):
+        list(pipeline.run(source()))
+    # The rest stopped: the source was not drained, and no pipeline thread lives on.
+    assert len(produced) < 20
+    deadline = time.monotonic() + 10
+    while set(_pipeline_threads()) - before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not set(_pipeline_threads()) - before
+
+
+@pytest.mark.parametrize(("workers", "depth"), [(1, 1), (2, 2)])
+def test_memory_is_bounded_by_workers_and_depth(workers, depth) -> None:
     produced = []
 
     def source():
@@ -61,9 +110,9 @@ def test_memory_is_bounded_by_depth() -> None:
             produced.append(i)
             yield i
 
-    results = Pipeline([("s", lambda x: x)], depth=2).run(source())
+    results = Pipeline([Stage("s", lambda x: x, workers)], depth=depth).run(source())
     next(results)
     time.sleep(0.2)
-    # read-ahead is at most a few queue slots, not the whole input
-    assert len(produced) < 10
+    # Read-ahead is a few queue slots per stage, never the whole input.
+    assert len(produced) <= 2 * (workers + depth) + 2
     results.close()

@@ -68,7 +68,7 @@ def test_output_rows_columns_order_and_metadata(tmp_path, model, reviews) -> Non
     assert json.loads(meta[b"scorer.model_card"])["model"]["bidirectional"] is True
     manifest = json.loads(out.with_name("scores.parquet.manifest.json").read_text())
     assert manifest["rows"] == 3000 and manifest["device"] == "cpu"
-    assert set(manifest["stage_seconds"]) == {"read", "tokenize", "infer", "write"}
+    assert set(manifest["stage_seconds"]) == {"read", "tokenize", "infer", "write", "assemble"}
     assert not partial_dir(out).exists()
 
 
@@ -218,11 +218,12 @@ def _cli(model, source, out, *extra) -> int:
 
 def test_missing_text_column_lists_columns_and_writes_nothing(tmp_path, model, capsys) -> None:
     source = tmp_path / "r.parquet"
-    pl.DataFrame({"id": [1], "body": ["x"]}).write_parquet(source)
+    pl.DataFrame({"id": [1], "comment": ["x"], "note": ["y"]}).write_parquet(source)
     out = tmp_path / "o.parquet"
     assert _cli(model, source, out) == 1
     err = capsys.readouterr().err
-    assert "no column 'Title', 'Review Text'; columns are: 'id', 'body'" in err
+    assert "no column 'Title', 'Review Text' in the input; its string columns are 'comment', " in err
+    assert "--text-col comment" in err
     assert err.count("\n") == 1 and not out.exists() and not partial_dir(out).exists()
 
 
@@ -234,7 +235,7 @@ def test_numeric_text_is_cast_and_list_text_refused(tmp_path, model, capsys) -> 
     bad = tmp_path / "l.parquet"
     pl.DataFrame({"Title": [["a"]], "Review Text": ["b"]}).write_parquet(bad)
     assert _cli(model, bad, tmp_path / "o2.parquet") == 1
-    assert "'Title' has type List" in capsys.readouterr().err
+    assert "text column 'Title' has type large_list" in capsys.readouterr().err
 
 
 def test_null_and_empty_texts_are_scored_not_dropped(tmp_path, model) -> None:

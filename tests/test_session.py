@@ -1,15 +1,192 @@
-"""scorer.session: CPU slicing and concurrent single-threaded calls."""
+"""scorer.session: graph per provider, honest CUDA fallback, CPU slices, device-resident IO.
+
+There is no GPU here: a fake ``onnxruntime`` module stands in for onnxruntime-gpu. It reports
+the CUDA provider as built, creates real CPU sessions underneath, and either reports the
+CUDA provider as running or (``cuda_works=False``) falls back to the CPU as onnxruntime does
+when CUDA or cuDNN cannot be loaded. Device memory maps to host memory.
+"""
 
 from __future__ import annotations
 
 from itertools import pairwise
+from types import SimpleNamespace
 
 import numpy as np
+import onnxruntime as real_ort
 import pytest
 
+from scorer import session as session_module
+from scorer.cpus import available_cpus
+from scorer.errors import UserError
 from scorer.export.onnx_export import export_model
-from scorer.session import cpu_slices, open_scorer, slice_rows_for
+from scorer.model_dir import ModelDir
+from scorer.session import (
+    CpuRunner,
+    DeviceRunner,
+    cpu_slices,
+    open_scorer,
+    open_session,
+    slice_rows_for,
+)
 from tests.helpers import make_model_dir
+
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+class FakeOrt:
+    def __init__(self, cuda_works: bool) -> None:
+        self.cuda_works = cuda_works
+        self.sessions: list[SimpleNamespace] = []
+        self.events: list[str] = []
+        self.SessionOptions = real_ort.SessionOptions
+        self.GraphOptimizationLevel = real_ort.GraphOptimizationLevel
+        self.OrtValue = SimpleNamespace(ortvalue_from_numpy=self._ortvalue)
+
+    @staticmethod
+    def _ortvalue(array, device, device_id=0):
+        return real_ort.OrtValue.ortvalue_from_numpy(array, "cpu", 0)
+
+    def get_available_providers(self):
+        return [CUDA, CPU]
+
+    def preload_dlls(self):
+        self.events.append("preload")
+
+    def InferenceSession(self, path, sess_options=None, providers=None):
+        self.events.append(f"session {providers[0]}")
+        inner = real_ort.InferenceSession(path, sess_options=sess_options, providers=[CPU])
+        running = providers[0] if (self.cuda_works or providers[0] == CPU) else CPU
+        fake = _FakeSession(inner, [running], sess_options)
+        self.sessions.append(fake)
+        return fake
+
+
+class _FakeSession:
+    def __init__(self, inner, providers, options) -> None:
+        self.inner, self.providers, self.options = inner, providers, options
+
+    def get_providers(self):
+        return self.providers
+
+    def get_modelmeta(self):
+        return self.inner.get_modelmeta()
+
+    def io_binding(self):
+        return _FakeBinding(self.inner.io_binding())
+
+    def run_with_iobinding(self, binding):
+        self.inner.run_with_iobinding(binding.inner)
+
+
+class _FakeBinding:
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def bind_output(self, name, device="cpu", device_id=0):
+        self.inner.bind_output(name, "cpu", 0)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    directory = make_model_dir(
+        tmp_path_factory.mktemp("m") / "m", variant="packed", pooling="last+max"
+    )
+    export_model(directory.path)
+    return directory.path
+
+
+def _batch(model_dir, rows: int = 2500, seed: int = 0):
+    vocab_size = ModelDir.open(model_dir).card.model.vocab_size
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 25, size=rows)
+    ids = rng.integers(2, vocab_size, size=(rows, 24)).astype(np.int32)
+    ids[np.arange(24)[None, :] >= lengths[:, None]] = 0
+    return ids, lengths
+
+
+def _fake(monkeypatch, cuda_works: bool) -> FakeOrt:
+    fake = FakeOrt(cuda_works)
+    monkeypatch.setattr(session_module, "onnxruntime", lambda: fake)
+    return fake
+
+
+# --- choosing the provider, the graph and the thread settings --------------------------------
+
+
+def test_auto_falls_back_to_the_cpu_graph_with_cpu_settings(monkeypatch, model_dir) -> None:
+    fake = _fake(monkeypatch, cuda_works=False)
+    scorer = open_scorer(model_dir, device="auto")
+    assert (scorer.device, scorer.provider, scorer.path.name) == ("cpu", CPU, "model.onnx")
+    assert scorer.notes == ("the CUDA provider could not be created; scoring on the CPU",)
+    cpu_session = fake.sessions[-1]
+    # The CPU session runs single-threaded calls from one worker per usable CPU, not
+    # all-cores intra-op threads on top of all-cores workers.
+    assert cpu_session.options.intra_op_num_threads == 1
+    assert isinstance(scorer.runner, CpuRunner) and scorer.workers == available_cpus()
+    assert scorer.batch_size == 2048
+    assert fake.events[0] == "preload" and fake.events[-1] == f"session {CPU}"
+
+
+def test_device_cuda_refuses_a_fallback(monkeypatch, model_dir) -> None:
+    _fake(monkeypatch, cuda_works=False)
+    with pytest.raises(UserError, match="could not create its CUDA provider"):
+        open_scorer(model_dir, device="cuda")
+
+
+def test_cuda_runs_the_fused_graph_on_device_resident_streams(monkeypatch, model_dir) -> None:
+    fake = _fake(monkeypatch, cuda_works=True)
+    scorer = open_scorer(model_dir, device="cuda")
+    assert (scorer.device, scorer.provider, scorer.path.name) == ("cuda", CUDA, "model.cuda.onnx")
+    assert isinstance(scorer.runner, DeviceRunner) and len(scorer.runner.sessions) == 2
+    assert scorer.batch_size == 16_384 and scorer.notes == ()
+    assert fake.events[0] == "preload"  # before any CUDA session is created
+    ids, lengths = _batch(model_dir)
+    cpu = open_scorer(model_dir, device="cpu")
+    got, want = scorer.score(ids, lengths), cpu.score(ids, lengths)
+    # Two different graphs (fused LSTM, folded Scan) of the same model.
+    np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+    np.testing.assert_allclose(got[1], want[1], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("device", "precision", "message"),
+    [
+        ("cuda", "int8", "--precision int8 runs on the CPU only"),
+        ("cpu", "fp16", "--precision fp16 runs on CUDA only"),
+        ("cuda", "fp16", "has no model.cuda.fp16.onnx"),
+        ("cpu", "bf16", "--precision must be auto"),
+        ("gpu", "auto", "--device must be auto, cpu or cuda"),
+    ],
+)
+def test_precisions_that_cannot_run_are_refused(monkeypatch, model_dir, device, precision, message):
+    _fake(monkeypatch, cuda_works=True)
+    with pytest.raises(UserError, match=message):
+        open_scorer(model_dir, device=device, precision=precision)
+
+
+def test_auto_with_int8_stays_on_the_cpu(monkeypatch, tmp_path) -> None:
+    directory = make_model_dir(tmp_path / "m", variant="packed")
+    export_model(directory.path, int8=True)
+    _fake(monkeypatch, cuda_works=True)
+    scorer = open_scorer(directory.path, device="auto", precision="int8")
+    assert (scorer.device, scorer.path.name) == ("cpu", "model.int8.onnx")
+
+
+def test_a_model_without_a_cuda_graph_runs_on_the_cpu_under_auto(monkeypatch, tmp_path) -> None:
+    directory = make_model_dir(tmp_path / "m", variant="packed")
+    export_model(directory.path)
+    (directory.path / "model.cuda.onnx").unlink()
+    _fake(monkeypatch, cuda_works=True)
+    scorer = open_scorer(directory.path, device="auto")
+    assert scorer.device == "cpu" and "has no CUDA graph" in scorer.notes[0]
+    with pytest.raises(UserError, match=r"has no model\.cuda\.onnx"):
+        open_scorer(directory.path, device="cuda")
+
+
+# --- the runners ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -38,17 +215,34 @@ def test_slice_rows_keep_a_step_within_l2(hidden, rows) -> None:
     assert slice_rows_for(hidden) == rows
 
 
-def test_concurrent_slices_give_the_same_bytes_as_one_call(tmp_path) -> None:
-    model_dir = make_model_dir(tmp_path / "m", variant="packed", pooling="last+max")
-    export_model(model_dir.path)
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(1, 25, size=2500)
-    ids = rng.integers(2, model_dir.card.model.vocab_size, size=(2500, 24)).astype(np.int32)
-    ids[np.arange(24)[None, :] >= lengths[:, None]] = 0
-    one = open_scorer(model_dir.path, device="cpu", threads=1)
-    many = open_scorer(model_dir.path, device="cpu", threads=3)
-    assert (one.workers, many.workers) == (1, 3)
-    want, got = one.run(ids, lengths), many.run(ids, lengths)
-    for a, b in zip(want, got, strict=True):
-        assert a.shape[0] == 2500 and np.array_equal(a, b)
-    many.close()
+@pytest.mark.parametrize("streams", [1, 2, 3])
+def test_every_runner_gives_the_same_bytes(model_dir, streams) -> None:
+    """One call, concurrent CPU slices, and the device runner's CPU twin over 1-3 sessions
+    (batches alternate between sessions and come back in order)."""
+    ids, lengths = _batch(model_dir)
+    path = model_dir / "model.onnx"
+    one = CpuRunner(open_session(real_ort, path, "cpu"), 1, 1 << 20)
+    sliced = CpuRunner(open_session(real_ort, path, "cpu"), 3, 256)
+    twin = DeviceRunner(
+        real_ort, [open_session(real_ort, path, "cpu") for _ in range(streams)], device="cpu"
+    )
+    batches = [(ids[i : i + 300], lengths[i : i + 300]) for i in range(0, len(ids), 300)]
+    want = one.run(batches)
+    for runner in (sliced, twin):
+        got = runner.run(batches)
+        assert len(got) == len(want)
+        for (gp, ge), (wp, we) in zip(got, want, strict=True):
+            assert np.array_equal(gp, wp) and np.array_equal(ge, we)
+        runner.close()
+
+
+def test_score_restores_row_order_for_any_batch_size(model_dir) -> None:
+    ids, lengths = _batch(model_dir, rows=700)
+    scorer = open_scorer(model_dir, device="cpu", threads=2)
+    reference = [scorer.run(ids[i : i + 1], lengths[i : i + 1]) for i in range(0, 700, 97)]
+    for batch_size in (1, 64, 1000):
+        scorer.batch_size = batch_size
+        probs, expected = scorer.score(ids, lengths)
+        for k, i in enumerate(range(0, 700, 97)):
+            np.testing.assert_allclose(probs[i], reference[k][0][0], atol=1e-6)
+            np.testing.assert_allclose(expected[i], reference[k][1][0], atol=1e-5)

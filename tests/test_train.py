@@ -1,17 +1,21 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 
 import numpy as np
 import polars as pl
 import pytest
 import torch
 
+from scorer import train as train_module
 from scorer.cli import main
 from scorer.config import ModelCard
+from scorer.device import CUDA_AUTO_PRECISION, Precision, Runtime
 from scorer.errors import UserError
 from scorer.model_dir import ModelDir
-from scorer.presets import resolve
+from scorer.presets import CUDA_DEFAULT, apply_batch_preset, batch_preset, resolve
 from scorer.train import TrainJob, train_model
 from tests.helpers import make_reviews, write_reviews, write_vectors
 
@@ -65,9 +69,13 @@ def test_variants_learn_and_write_a_complete_model_dir(tmp_path, reviews, varian
         "metrics.json",
         "model.pt",
         "report.png",
+        "train_rows.npy",
         "vocab.json",
     ]
     card = ModelCard.load(out / "config.json")
+    assert card.training["rows"] == {"train": 480, "val": 60, "test": 60}
+    assert len(card.training["data_sha256"]) == 64
+    assert len(np.load(out / "train_rows.npy")) == 480
     assert card.model.variant == variant and card.labels == (1.0, 2.0, 3.0, 4.0, 5.0)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["rows"] == {"train": 480, "val": 60, "test": 60}
@@ -91,15 +99,144 @@ def test_same_seed_same_metrics(tmp_path, reviews) -> None:
 def test_bf16_autocast_path_runs_on_cpu(tmp_path, reviews) -> None:
     result = train_model(job(tmp_path, reviews, epochs=1, precision="bf16"))
     metrics = json.loads((result.model_dir.path / "metrics.json").read_text())
-    assert metrics["precision"] == "bf16"
+    # What ran, per op: the LSTM left autocast (no bf16 LSTM kernel), the head took bf16.
+    assert metrics["precision"] == {
+        "requested": "bf16",
+        "name": "bf16",
+        "lstm": "float32",
+        "other": "bfloat16",
+        "grad_scaler": False,
+        "tf32": False,
+    }
     assert np.isfinite(metrics["history"][0]["train_loss"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
-def test_cuda_training(tmp_path, reviews, precision) -> None:
+@pytest.mark.parametrize(
+    ("precision", "name", "lstm", "scaler"),
+    [
+        ("fp32", "fp32", "float32", False),
+        ("bf16", "bf16", "float32", False),
+        ("fp16", "fp16", "float16", True),
+        ("auto", CUDA_AUTO_PRECISION, None, None),
+    ],
+)
+def test_cuda_training(tmp_path, reviews, precision, name, lstm, scaler) -> None:
+    if precision == "bf16" and torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("bf16 needs compute capability 8.0+")
     result = train_model(job(tmp_path, reviews, epochs=2, device="cuda", precision=precision))
     assert result.test is not None and result.test.accuracy > 0.45
+    metrics = json.loads((result.model_dir.path / "metrics.json").read_text())
+    ran = metrics["precision"]
+    assert ran["requested"] == precision and ran["name"] == name
+    assert lstm is None or ran["lstm"] == lstm
+    assert scaler is None or ran["grad_scaler"] is scaler
+
+
+class HostReads:
+    """Counts tensor -> Python conversions and device -> host copies while ``active``."""
+
+    METHODS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__")
+
+    def __init__(self, monkeypatch) -> None:
+        self.active = False
+        self.calls: list[str] = []
+        for name in self.METHODS:
+            monkeypatch.setattr(torch.Tensor, name, self._wrap(name, getattr(torch.Tensor, name)))
+
+    def _wrap(self, name, original):
+        def counted(tensor, *args, **kwargs):
+            if self.active:
+                self.calls.append(name)
+            return original(tensor, *args, **kwargs)
+
+        return counted
+
+
+PRECISION_TWINS = {
+    "fp32": Precision("fp32", "fp32", torch.float32, torch.float32, False, False),
+    # CUDA's fp16 step on CPU: autocast fp16 for the head, GradScaler and its inf check
+    # (the LSTM stays fp32: CPUs have no fp16 LSTM kernel).
+    "fp16 twin": Precision("fp16", "fp16", torch.float32, torch.float16, True, False),
+}
+
+
+@pytest.mark.parametrize("precision", list(PRECISION_TWINS))
+def test_training_steps_never_read_tensors_on_the_host(
+    tmp_path, reviews, monkeypatch, precision
+) -> None:
+    """Host reads per epoch, not per step: on CUDA each read waits for the GPU."""
+    runtime = Runtime(torch.device("cpu"), PRECISION_TWINS[precision])
+    monkeypatch.setattr(train_module, "choose_runtime", lambda device, precision: runtime)
+    reads = HostReads(monkeypatch)
+    counts = []
+    real_fit = train_module._fit
+
+    def counted_fit(*args, **kwargs):
+        reads.active, reads.calls = True, []
+        try:
+            return real_fit(*args, **kwargs)
+        finally:
+            reads.active = False
+            counts.append(list(reads.calls))
+
+    monkeypatch.setattr(train_module, "_fit", counted_fit)
+    epochs = 2
+    for batch_size in (16, 64):  # 30 and 8 steps per epoch
+        name = f"b{batch_size}"
+        train_model(job(tmp_path, reviews, name=name, epochs=epochs, batch_size=batch_size))
+    assert counts[0] == counts[1], counts
+    # Today: the epoch's loss sum, and validation's one copy (cpu, numpy).
+    assert len(counts[0]) <= 3 * epochs, counts[0]
+
+
+@pytest.mark.parametrize(
+    ("device", "given", "expected"),
+    [
+        ("cuda", {}, (1024, 6e-3, "cuda preset")),
+        ("cuda", {"batch_size": 256}, (256, 6e-3, "batch_size given; lr from cuda preset")),
+        ("cuda", {"lr": 1e-3}, (1024, 1e-3, "lr given; batch_size from cuda preset")),
+        ("cuda", {"batch_size": 64, "lr": 1e-2}, (64, 1e-2, "given")),
+        ("cpu", {}, (128, 3e-3, "default")),
+        ("cpu", {"lr": 1e-3}, (128, 1e-3, "lr given; batch_size from default")),
+        ("cpu", {"batch_size": 64, "lr": 1e-2}, (64, 1e-2, "given")),
+    ],
+)
+def test_batch_preset(device, given, expected) -> None:
+    assert batch_preset(device, given) == expected
+
+
+def test_cuda_preset_values_are_the_documented_ones() -> None:
+    assert CUDA_DEFAULT == {"batch_size": 1024, "lr": 6e-3}
+
+
+def test_resolve_knows_what_the_user_set(tmp_path) -> None:
+    assert resolve({})[2].from_preset == ("batch_size", "lr")
+    assert resolve({"lr": 1e-3, "batch_size": None})[2].from_preset == ("batch_size",)
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"batch-size": 64}))
+    assert resolve({}, config_file=config)[2].from_preset == ("lr",)
+    # The reference recipe's batch and rate are part of the recipe.
+    assert resolve({}, reference=True)[2].from_preset == ()
+
+
+def test_device_batch_preset_is_applied_and_recorded(tmp_path, reviews, monkeypatch) -> None:
+    """The CUDA branch, forced on CPU: the preset fills only what the user left open."""
+    monkeypatch.setitem(CUDA_DEFAULT, "batch_size", 48)
+    monkeypatch.setitem(CUDA_DEFAULT, "lr", 5e-3)
+    monkeypatch.setattr(
+        train_module, "apply_batch_preset", lambda cfg, device: apply_batch_preset(cfg, "cuda")
+    )
+    options = {k: v for k, v in SMALL.items() if k not in ("batch_size", "lr")}
+    model, tok, train = resolve({**options, "epochs": 1, "lr": 1e-2})
+    run = TrainJob(reviews, tmp_path / "m", model, tok, train, ("Title", "Review Text"))
+    out = train_model(run).model_dir.path
+    source = "lr given; batch_size from cuda preset"
+    card = ModelCard.load(out / "config.json")
+    assert (card.train.batch_size, card.train.lr, card.train.batch_source) == (48, 1e-2, source)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["batch"] == {"batch_size": 48, "lr": 1e-2, "source": source}
+    assert metrics["history"][0]["batches_per_s"] > 0
 
 
 def test_split_file_rows_are_used_as_given(tmp_path, reviews) -> None:
@@ -186,6 +323,34 @@ def test_existing_output_refused_unless_overwrite(tmp_path, reviews, capsys) -> 
     assert "trained in" in capsys.readouterr().out
 
 
+def test_progress_and_epoch_lines_reach_logs(tmp_path, reviews, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(train_module, "available_cpus", lambda: 1)
+    result = train_model(job(tmp_path, reviews, epochs=1, threads=None))
+    err = capsys.readouterr().err  # not a terminal: plain lines, as in a log file
+    assert "training on cpu, fp32 (LSTM float32, other float32), 1 CPU threads" in err
+    assert re.search(r"^epoch 1: \d+/15 batches \(", err, re.MULTILINE)
+    assert "epoch  1  loss " in err
+    metrics = json.loads((result.model_dir.path / "metrics.json").read_text())
+    assert metrics["threads"] == 1 and torch.get_num_threads() == 1
+
+
+def test_train_command_sets_passive_openmp_waits(tmp_path, capsys, monkeypatch) -> None:
+    path = tmp_path / "few.csv"
+    make_reviews(200).head(15).write_csv(path)  # fails fast: fewer rows than a batch
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert cli_train(tmp_path, path) == 1
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice stays
+    assert cli_train(tmp_path, path) == 1
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_train_help_documents_threads(capsys) -> None:
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "torch CPU threads; default: the CPUs this process may use." in text
+
+
 def test_tampered_model_dir_is_refused(tmp_path, reviews) -> None:
     out = train_model(job(tmp_path, reviews, epochs=1)).model_dir.path
     config = json.loads((out / "config.json").read_text())
@@ -197,3 +362,33 @@ def test_tampered_model_dir_is_refused(tmp_path, reviews) -> None:
     (out / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="format_version 999"):
         ModelDir.open(out)
+
+
+def test_eval_warns_when_it_sees_the_training_rows(tmp_path, reviews, capsys) -> None:
+    from scorer.evaluate import EvalJob, evaluate
+    from scorer.export.onnx_export import export_model
+
+    split = tmp_path / "split.csv"
+    names = ["train"] * 400 + ["val"] * 100 + ["test"] * 100
+    pl.DataFrame({"row": range(600), "split": names}).write_csv(split)
+    run = job(tmp_path, reviews, epochs=1)
+    result = train_model(TrainJob(**{**run.__dict__, "split_file": split}))  # type: ignore[arg-type]
+    export_model(result.model_dir.path)
+    capsys.readouterr()
+    training = set(np.load(result.model_dir.path / "train_rows.npy").tolist())
+    evaluate(EvalJob(str(reviews), result.model_dir.path))
+    err = capsys.readouterr().err
+    # Rows whose text is a training row's (held-out duplicates of one included).
+    frame = pl.read_parquet(reviews)
+    texts = frame.select(
+        pl.concat_str([pl.col("Title").fill_null(""), pl.col("Review Text")], separator=" ")
+    ).to_series()
+    from scorer.text import row_hashes
+
+    seen = int(np.isin(row_hashes(texts), list(training)).sum())
+    assert seen >= 400
+    assert f"warning: {seen:,} of 600 rows" in err and "inflated" in err
+    assert err.count("\n") == 1
+    evaluate(EvalJob(str(reviews), result.model_dir.path, split_file=split, split="test"))
+    held_out = capsys.readouterr().err
+    assert ("warning" not in held_out) == (seen == 400)
