@@ -75,6 +75,7 @@ class InferenceGraph(nn.Module):
         self.max_len = max_len
         self.embedding = model.embedding
         self.head = model.head
+        self.wide = model.wide
         self.outputs = RatingOutputs(labels, config.regression)
         self.folded = (
             nn.ModuleList(
@@ -109,6 +110,8 @@ class InferenceGraph(nn.Module):
         else:
             features = self._unfolded_features(ids, lengths, steps)
         output = self.head(features)
+        if self.wide is not None:
+            output = output + self.wide(ids, lengths)
         if self.config.regression:
             output = output.squeeze(-1)
         return self.outputs(output)

@@ -224,7 +224,9 @@ def _fp16_graph(model_dir: ModelDir, model, fused: Path, provider: str) -> Graph
     with atomic_path(target) as tmp:
         onnx.save(to_fp16(onnx.load(str(fused))), str(tmp))
         _stamp_metadata(tmp, model_dir, "fp16", expand=False)
-        report = validate_fp16(tmp, model, model_dir.card, "cuda" if "CUDA" in provider else "cpu")
+        report = validate_fp16(
+            tmp, model, model_dir.card, "cuda" if "CUDA" in provider else "reference"
+        )
         if not report.passed:
             raise UserError(f"fp16 export failed validation: {report.line()}")
     return GraphEntry(target, "cuda", "fp16", "fused", report.line(), report.provider, report)

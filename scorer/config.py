@@ -46,6 +46,9 @@ class ModelConfig:
     pooling: str = "last"
     dropout: float = 0.2
     freeze_embeddings: bool = False
+    # The wide path (scorer.wide): a linear bag of unigrams and of bigrams hashed into this
+    # many buckets, added to the LSTM's logits. 0: the LSTM alone.
+    wide_buckets: int = 0
 
     @property
     def regression(self) -> bool:
@@ -65,6 +68,8 @@ class ModelConfig:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.wide_buckets < 0:
+            raise UserError(f"wide_buckets must be >= 0, got {self.wide_buckets}")
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,12 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from scorer.config import ModelConfig
 from scorer.errors import UserError
+from scorer.wide import WideNgrams
 
 
 class ReviewLSTM(nn.Module):
-    """Embedding -> (bi)LSTM -> features -> linear head.
+    """Embedding -> (bi)LSTM -> features -> linear head, plus an optional wide path (a linear
+    bag of n-grams, ``scorer.wide``) added to the head's output.
 
     Features are the last layer's final hidden state per direction (``pooling="last"``),
     optionally concatenated with a max over time of the outputs at real (unpadded) positions
@@ -38,6 +40,11 @@ class ReviewLSTM(nn.Module):
         features = config.hidden_dim * directions * (2 if config.pooling == "last+max" else 1)
         self.head_dropout = nn.Dropout(config.dropout if config.pooling != "last" else 0.0)
         self.head = nn.Linear(features, config.outputs)
+        self.wide = (
+            WideNgrams(config.vocab_size, config.wide_buckets, config.outputs)
+            if config.wide_buckets
+            else None
+        )
 
     def forward(
         self,
@@ -68,6 +75,8 @@ class ReviewLSTM(nn.Module):
             masked = out.masked_fill(~valid[:, :, None], float("-inf"))
             features = torch.cat([features, masked.amax(dim=1)], dim=1)
         logits = self.head(self.head_dropout(features))
+        if self.wide is not None:
+            logits = logits + self.wide(ids, lengths).to(logits.dtype)
         return logits.squeeze(-1) if self.config.regression else logits
 
     def _recur(

@@ -1,0 +1,43 @@
+"""The wide half of a wide-and-deep model: a linear bag of word unigrams and hashed bigrams.
+
+Trained jointly with the LSTM (its output is added to the LSTM head's logits), it learns what
+a TF-IDF + logistic-regression model learns, quickly and from few examples, while the LSTM
+learns order and context. It reads the same token ids as the LSTM: a unigram is a row of a
+``[V, K]`` table, and each pair of adjacent ids hashes to a row of a ``[buckets, K]`` table
+(``(a * PRIME + b) mod buckets``: plain integer arithmetic, so the exported graph computes
+exactly what PyTorch does). Rows at a review's real positions are averaged, so long and short
+reviews weigh alike.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+PRIME = 1_000_003
+
+
+class WideNgrams(nn.Module):
+    def __init__(self, vocab_size: int, buckets: int, outputs: int) -> None:
+        super().__init__()
+        self.buckets = buckets
+        self.unigram = nn.Embedding(vocab_size, outputs)
+        self.bigram = nn.Embedding(max(buckets, 1), outputs)
+        # Zero start: the model begins as the LSTM alone, and unseen n-grams add nothing.
+        nn.init.zeros_(self.unigram.weight)
+        nn.init.zeros_(self.bigram.weight)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """[B, K]: mean unigram row plus mean bigram row over each review's real tokens
+        (``lengths`` already clamped to [1, T]). No branch on the time axis' size, so the
+        exported graph keeps it dynamic (one token: the bigram mean is zero)."""
+        steps = ids.shape[1]
+        ids = ids.long()
+        time = torch.arange(steps, device=ids.device)[None, :]
+        count = lengths.to(torch.float32)[:, None]
+        unigrams = self.unigram(ids) * (time < lengths[:, None]).unsqueeze(-1)
+        wide = unigrams.sum(dim=1) / count
+        pairs = torch.remainder(ids[:, :-1] * PRIME + ids[:, 1:], max(self.buckets, 1))
+        real = (time[:, :-1] < (lengths - 1)[:, None]).unsqueeze(-1)
+        bigrams = (self.bigram(pairs) * real).sum(dim=1)
+        return wide + bigrams / torch.clamp(count - 1, min=1.0)
