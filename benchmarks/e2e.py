@@ -2,6 +2,7 @@
 
     python -m benchmarks.e2e --model-dir runs/bench/ref-packed --rows 100000 1000000
     python -m benchmarks.e2e --model-dir runs/bench/ref-packed --scaling 100000 1000000 8000000
+    python -m benchmarks.e2e --model-dir runs/bench/ref-packed --rows 1000000 --host-only 1 2
 
 Each side runs as its own process (peak RSS is that process's, sampled every 20 ms), on the
 same corpus file, nothing cached or pre-tokenized; the two sides alternate.
@@ -123,6 +124,39 @@ def scaling(model_dir: Path, rows: list[int], extra: list[str]) -> dict:
     return results
 
 
+def host_only(model_dir: Path, rows: int, workers: list[int], repeats: int) -> dict:
+    """read + tokenize + write with a no-op model (benchmarks.host_only), per worker count;
+    worker counts alternate within each repeat."""
+    path = corpus(rows)
+    runs: dict[int, list[dict]] = {n: [] for n in workers}
+    for _ in range(repeats):
+        for n in workers:
+            command = [
+                sys.executable,
+                "-m",
+                "benchmarks.host_only",
+                str(path),
+                str(model_dir),
+                str(WORK / "host-only.parquet"),
+                "--workers",
+                str(n),
+            ]
+            seconds, rss, out = measure(command)
+            runs[n].append(
+                {"seconds": seconds, "peak_rss_mb": rss, **json.loads(out.splitlines()[-1])}
+            )
+    results = {}
+    for n, items in runs.items():
+        seconds = median([r["seconds"] for r in items])
+        results[str(n)] = {
+            "reviews_per_s": rows / seconds,
+            "seconds": seconds,
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in items),
+            "stage_seconds": items[-1]["stage_seconds"],
+        }
+    return results
+
+
 def plot_scaling(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -148,9 +182,32 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--scaling", type=int, nargs="*", default=[])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--scorer-args", default="", help="extra `scorer run` arguments")
+    parser.add_argument(
+        "--host-only",
+        type=int,
+        nargs="*",
+        default=None,
+        metavar="WORKERS",
+        help="read + tokenize + write with a no-op model, at each worker count (default 1 2)",
+    )
     args = parser.parse_args(argv)
     extra = args.scorer_args.split()
     result: dict[str, object] = {"machine": machine(), "scorer_args": extra}
+    if args.host_only is not None:
+        rows = args.rows[-1] if args.rows else 1_000_000
+        workers = args.host_only or [1, 2]
+        result["host_only"] = {
+            "rows": rows,
+            "workers": host_only(args.model_dir, rows, workers, args.repeats),
+        }
+        for n, r in result["host_only"]["workers"].items():
+            stages = ", ".join(f"{k} {v:.1f}s" for k, v in r["stage_seconds"].items())
+            print(
+                f"host only, {rows:,} rows, {n} workers: {r['reviews_per_s']:9,.0f} reviews/s  "
+                f"peak RSS {r['peak_rss_mb']:6.0f} MB  ({stages})"
+            )
+        print(f"saved {save('host-only', result)}")
+        return result
     if args.rows:
         result["end_to_end"] = compare(args.model_dir, args.rows, args.repeats, extra)
         for n, s in result["end_to_end"].items():

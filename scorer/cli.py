@@ -239,6 +239,17 @@ def run_command(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local (this machine, one Parquet file) | ray (a Ray cluster or a local Ray "
+            "instance, a Parquet directory; pip install 'scorer[ray]')."
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster to join: auto | ray://HOST:PORT (default: start one)."),
+    ] = None,
 ) -> None:
     """Score reviews into Parquet: streaming, bounded memory, resumable, one writer."""
     from scorer.run import RunJob, run_scoring
@@ -259,7 +270,18 @@ def run_command(
         overwrite=overwrite,
         quiet=quiet,
     )
-    typer.echo(run_scoring(job).line())
+    if engine not in ("local", "ray"):
+        raise UserError(f"--engine must be local or ray, got {engine!r}")
+    if engine == "local":
+        if ray_address:
+            raise UserError("--ray-address needs --engine ray")
+        typer.echo(run_scoring(job).line())
+        return
+    try:
+        from scorer.ray_engine import run_on_ray
+    except ImportError as exc:
+        raise UserError(f"--engine ray needs Ray Data: pip install 'scorer[ray]' ({exc})") from None
+    typer.echo(run_on_ray(job, ray_address).line())
 
 
 @app.command("eval")

@@ -85,6 +85,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     threads: int | None = None
     expected_loss_weight: float = 0.0
+    # The wide path's learning rate, as a multiple of lr (see train._param_groups).
+    wide_lr_scale: float = 10.0
     # Which of batch_size and lr the user left to presets (no flag, no --config key, no
     # --reference): once the device is known, its preset sets them (presets.batch_preset).
     from_preset: tuple[str, ...] = ()

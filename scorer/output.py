@@ -61,16 +61,27 @@ class OutputSpec:
         return cls(tuple(kept.names), labels, schema)
 
     def table(
-        self, kept: pa.Table, probs: np.ndarray, expected: np.ndarray, start: int
+        self,
+        kept: pa.Table,
+        probs: np.ndarray,
+        expected: np.ndarray,
+        rows: int | np.ndarray | None,
     ) -> pa.Table:
-        """The output rows of the chunk starting at input row ``start``."""
+        """The output rows of a chunk: ``rows`` is the first row's input position (rows are
+        consecutive), each row's position, or None where positions are unknown (null)."""
         values = np.asarray(self.labels)
         predicted = values[probs.argmax(axis=1)] if len(probs) else values[:0]
         n = len(probs)
         columns = [kept.column(c) for c in self.keep_columns]
         integral = pa.types.is_integer(self.schema.field("predicted_rating").type)
+        if rows is None:
+            positions = pa.nulls(n, pa.int64())
+        elif isinstance(rows, int | np.integer):
+            positions = pa.array(np.arange(rows, rows + n, dtype=np.int64))
+        else:
+            positions = pa.array(np.asarray(rows, dtype=np.int64))
         columns += [
-            pa.array(np.arange(start, start + n, dtype=np.int64)),
+            positions,
             pa.array(predicted.astype(np.int64) if integral else predicted),
             pa.array(expected.astype(np.float32)),
             *(pa.array(probs[:, k].astype(np.float32)) for k in range(len(self.labels))),

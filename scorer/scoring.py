@@ -128,6 +128,7 @@ class Chunk:
     probs: np.ndarray | None = None
     expected: np.ndarray | None = None
     lossy_rows: int = 0
+    lossy_flags: np.ndarray | None = None
 
 
 def encode_table(
@@ -173,8 +174,15 @@ def _as_text(column: pa.Array) -> pa.Array:
 def encode_chunk(chunk: Chunk, text_columns: Sequence[str], keep: Sequence[str], model) -> Chunk:
     ids, lengths, invalid = encode_table(chunk.table, text_columns, model)
     kept, kept_invalid = repair_utf8(chunk.table.select(list(keep)))
-    lossy = int((invalid | kept_invalid).sum())
-    return replace(chunk, table=kept, ids=ids, lengths=lengths, lossy_rows=lossy)
+    flags = invalid | kept_invalid
+    return replace(
+        chunk,
+        table=kept,
+        ids=ids,
+        lengths=lengths,
+        lossy_rows=int(flags.sum()),
+        lossy_flags=flags,
+    )
 
 
 def infer_chunk(chunk: Chunk, model: LoadedModel) -> Chunk:

@@ -8,7 +8,7 @@ kernel, which reads it exactly as a lossy decode would and flags the row.
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -280,31 +280,45 @@ def _shell(name: str) -> str:
 def check_columns(source: Source, text_columns: Sequence[str], keep_columns: Sequence[str]):
     """Every file has the text columns (as text) and the kept columns with one type each;
     the first file that does not is named, before anything is written."""
-    first = source.schema
-    for file in source.files:
-        schema = first if file is source.files[0] else file_schema(source.kind, file.path)
-        where = str(file.path)
+
+    def schemas():
+        yield str(source.files[0].path), source.schema
+        for file in source.files[1:]:
+            yield str(file.path), file_schema(source.kind, file.path)
+
+    check_schemas(schemas(), text_columns, keep_columns)
+
+
+def check_schemas(
+    schemas: Iterable[tuple[str, pa.Schema]],
+    text_columns: Sequence[str],
+    keep_columns: Sequence[str],
+) -> None:
+    """``check_columns`` over (file name, schema) pairs, the first one setting the types."""
+    first: tuple[str, pa.Schema] | None = None
+    for where, schema in schemas:
         missing = [c for c in [*text_columns, *keep_columns] if c not in schema.names]
         if missing:
             raise UserError(
                 f"{where}: no column {_quoted(missing)}; columns are: {_quoted(schema.names)}"
             )
+        if first is None:
+            first = (where, schema)
+        name0, schema0 = first
+        short = Path(name0).name
         for name in text_columns:
             kind = schema.field(name).type
             if not _castable_to_text(kind):
                 raise UserError(f"{where}: text column {name!r} has type {kind}, not text")
-            if file is not source.files[0] and _family(kind) != _family(first.field(name).type):
+            want = schema0.field(name).type
+            if _family(kind) != _family(want):
                 raise UserError(
-                    f"{where}: text column {name!r} has type {kind}, but "
-                    f"{source.files[0].path.name} has {first.field(name).type}"
+                    f"{where}: text column {name!r} has type {kind}, but {short} has {want}"
                 )
         for name in keep_columns:
-            kind, want = schema.field(name).type, first.field(name).type
+            kind, want = schema.field(name).type, schema0.field(name).type
             if kind != want and not (_family(kind) == _family(want) == "text"):
-                raise UserError(
-                    f"{where}: column {name!r} has type {kind}, but "
-                    f"{source.files[0].path.name} has {want}"
-                )
+                raise UserError(f"{where}: column {name!r} has type {kind}, but {short} has {want}")
 
 
 def _family(kind: pa.DataType) -> str:

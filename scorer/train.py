@@ -254,6 +254,19 @@ def train_model(job: TrainJob) -> TrainResult:
     return TrainResult(model_dir, val, test, best_epoch, seconds)
 
 
+def _param_groups(model: ReviewLSTM, cfg: TrainConfig) -> list[dict]:
+    """The wide path's tables learn at ``wide_lr_scale`` times the rate: each weight moves
+    a logit by only weight / sqrt(tokens), and Adam's step is about the rate whatever the
+    gradient, so at the LSTM's rate a linear model would need tens of thousands of steps."""
+    wide = [p for p in (model.wide.parameters() if model.wide is not None else [])]
+    ids = {id(p) for p in wide}
+    deep = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    groups = [{"params": deep, "lr": cfg.lr}]
+    if wide:
+        groups.append({"params": wide, "lr": cfg.lr * cfg.wide_lr_scale})
+    return groups
+
+
 def _fit(
     model: ReviewLSTM,
     sets: dict[str, Dataset],
@@ -267,12 +280,16 @@ def _fit(
     (the loss sum) plus once per validation pass."""
     train_set, val_set = sets["train"], sets["val"]
     params = [p for p in model.parameters() if p.requires_grad]
+    groups = _param_groups(model, cfg)
     # The fused step never asks the host whether gradients were finite (the unfused one
     # calls .item() per step under a GradScaler).
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=steps_per_epoch * cfg.epochs, pct_start=0.2
+        optimizer,
+        max_lr=[g["lr"] for g in groups],
+        total_steps=steps_per_epoch * cfg.epochs,
+        pct_start=0.2,
     )
     scaler = runtime.grad_scaler()
     rng = np.random.default_rng(cfg.seed)

@@ -5,8 +5,9 @@ a TF-IDF + logistic-regression model learns, quickly and from few examples, whil
 learns order and context. It reads the same token ids as the LSTM: a unigram is a row of a
 ``[V, K]`` table, and each pair of adjacent ids hashes to a row of a ``[buckets, K]`` table
 (``(a * PRIME + b) mod buckets``: plain integer arithmetic, so the exported graph computes
-exactly what PyTorch does). Rows at a review's real positions are averaged, so long and short
-reviews weigh alike.
+exactly what PyTorch does). Rows at a review's real positions are summed and divided by the
+square root of their count, as TF-IDF's L2 normalization divides counts, so long reviews do
+not shout and one word of a short review still counts.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ class WideNgrams(nn.Module):
         nn.init.zeros_(self.bigram.weight)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """[B, K]: mean unigram row plus mean bigram row over each review's real tokens
+        """[B, K]: unigram rows plus bigram rows over each review's real tokens, each sum
+        divided by the square root of its count
         (``lengths`` already clamped to [1, T]). No branch on the time axis' size, so the
         exported graph keeps it dynamic (one token: the bigram mean is zero)."""
         steps = ids.shape[1]
@@ -36,8 +38,8 @@ class WideNgrams(nn.Module):
         time = torch.arange(steps, device=ids.device)[None, :]
         count = lengths.to(torch.float32)[:, None]
         unigrams = self.unigram(ids) * (time < lengths[:, None]).unsqueeze(-1)
-        wide = unigrams.sum(dim=1) / count
+        wide = unigrams.sum(dim=1) / torch.sqrt(count)
         pairs = torch.remainder(ids[:, :-1] * PRIME + ids[:, 1:], max(self.buckets, 1))
         real = (time[:, :-1] < (lengths - 1)[:, None]).unsqueeze(-1)
         bigrams = (self.bigram(pairs) * real).sum(dim=1)
-        return wide + bigrams / torch.clamp(count - 1, min=1.0)
+        return wide + bigrams / torch.sqrt(torch.clamp(count - 1, min=1.0))

@@ -1,0 +1,398 @@
+"""`scorer run --engine ray`: the same scoring, on a Ray cluster (or a local Ray instance).
+
+Read units (one per Parquet row group, planned from the footers on the driver) flow through
+read tasks -> an actor pool of ``scorer.ray.RatingPredictor`` -> write tasks. Each write task
+publishes its part under ``.OUT.partial/`` atomically, named by the input rows it holds, as
+the local engine does; when every input row is covered, the directory is renamed to ``OUT``
+(a Parquet directory) and the manifest written beside it. A killed actor is restarted and its
+batch retried (``max_restarts`` / ``max_task_retries`` set explicitly); ``--resume`` reruns
+only the read units whose parts are not all there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from scorer.cpus import available_cpus
+from scorer.errors import UserError
+from scorer.io import fsync_dir, lock_output
+from scorer.model_dir import ModelDir, resolve_model_dir
+from scorer.output import part_name, trusted_parts, write_part
+from scorer.ray import (
+    LOSSY,
+    ModelBundle,
+    RatingPredictor,
+    file_schema,
+    list_parquet,
+    read_reviews,
+    read_units,
+)
+from scorer.run import RunJob, RunSummary, manifest_path, partial_dir
+from scorer.sources import check_schemas, default_keep_columns, resolve_text_columns
+
+# A pipeline that makes no progress this long is stuck (e.g. a cluster without the resources
+# the pool asked for): fail it with Ray's timeout error rather than hang a nightly job.
+NO_PROGRESS_TIMEOUT_S = 900
+
+
+@dataclass(frozen=True)
+class Sizing:
+    actors: int
+    cpus_per_actor: float
+    gpus_per_actor: float
+    threads: int
+
+
+def size_pool(cpus: float, gpus: float, device: str, workers: int | None) -> Sizing:
+    """Actors and what each asks for, so that read and write tasks always find a CPU.
+
+    A pool whose actors hold every CPU deadlocks the pipeline: the first read task never gets
+    a CPU (ray-project/ray#44687; measured here: 2 actors x 1 CPU on a 2-CPU instance hang,
+    2 x 0.5 run). So one whole CPU is always left to the tasks.
+    """
+    if device == "cuda":
+        if gpus < 1:
+            raise UserError("--device cuda: the Ray cluster has no GPU")
+        actors = min(workers or int(gpus), int(gpus))
+        per_cpu = min(1.0, max(cpus - 1.0, 0.0) / actors)
+        return Sizing(actors, per_cpu, 1.0, 1)
+    per_cpu = 1.0 if cpus >= 3 else (0.5 if cpus >= 2 else 0.0)
+    cap = max(1, math.floor((cpus - 1) / per_cpu)) if per_cpu else 1
+    actors = min(workers or cap, cap)
+    return Sizing(actors, per_cpu, 0.0, max(1, math.floor(per_cpu)))
+
+
+def start_ray(address: str | None):
+    """Connect to ``address`` (``auto``, ``ray://...``) or start a local instance sized to
+    this machine; quiet, without a dashboard."""
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    warnings.filterwarnings("ignore", module="ray")
+    import ray
+    import ray.data
+
+    if not ray.is_initialized():
+        options = {"log_to_driver": False, "logging_level": logging.ERROR}
+        if address:
+            ray.init(address=address, **options)
+        else:
+            ray.init(num_cpus=available_cpus(), include_dashboard=False, **options)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    context.enable_auto_log_stats = False
+    context.execution_no_progress_timeout_s = NO_PROGRESS_TIMEOUT_S
+    context.raise_original_map_exception = True
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    return ray
+
+
+def write_parts(batch: pa.Table, directory: str) -> pa.Table:
+    """A write task: each run of consecutive input rows of the batch becomes one part."""
+    lossy = batch.column(LOSSY).to_numpy(zero_copy_only=False)
+    table = batch.drop_columns([LOSSY])
+    rows = table.column("row").to_numpy()
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts, ends, counts = [], [], []
+    for lo, hi in zip(np.r_[0, breaks], np.r_[breaks, len(rows)], strict=True):
+        if hi <= lo:
+            continue
+        first = int(rows[lo])
+        part = table.slice(lo, hi - lo)
+        count = int(lossy[lo:hi].sum())
+        write_part(Path(directory) / part_name(first, hi - lo), part, lossy_rows=count)
+        starts.append(first)
+        ends.append(first + hi - lo)
+        counts.append(count)
+    return pa.table({"start": starts, "end": ends, "lossy": counts})
+
+
+def _unwrap(error: BaseException) -> BaseException:
+    seen = 0
+    while seen < 10 and getattr(error, "cause", None) is not None:
+        error, seen = error.cause, seen + 1
+    return error
+
+
+def _pipeline(dataset, ray, bundle, device, job, text_columns, keep, sizing, predictor):
+    """Read units -> the predictor's actor pool (what each actor asks for: ``sizing``)."""
+    return dataset.map_batches(
+        predictor,
+        fn_constructor_kwargs={
+            "model": bundle,
+            "device": device,
+            "precision": job.precision,
+            "text_columns": text_columns,
+            "keep_columns": keep,
+            "threads": sizing.threads,
+            "batch_size": job.batch_size,
+            "chunk_rows": job.chunk_rows,
+            "report_lossy": True,
+        },
+        compute=ray.data.ActorPoolStrategy(size=sizing.actors),
+        num_cpus=sizing.cpus_per_actor,
+        num_gpus=sizing.gpus_per_actor,
+        batch_size=None,
+        batch_format="pyarrow",
+        # Ray Data's defaults today; set so that a killed actor is always restarted and its
+        # batch retried, whatever the defaults become.
+        max_restarts=-1,
+        max_task_retries=-1,
+    )
+
+
+def run_on_ray(
+    job: RunJob, address: str | None = None, predictor: type = RatingPredictor
+) -> RunSummary:
+    """Score ``job.input`` on Ray into a Parquet directory (see the module docstring).
+    ``predictor``: a ``RatingPredictor`` subclass (tests inject faults with one)."""
+    began = time.perf_counter()
+    fs, files = list_parquet([job.input])
+    if job.out is None:
+        if "://" in job.input:
+            raise UserError("--engine ray with a URI input needs --out (a shared filesystem path)")
+        first = Path(files[0].path)
+        out = first.with_name(first.stem + ".scores.parquet")
+    else:
+        out = Path(job.out)
+    if "://" in str(job.out or ""):
+        raise UserError("--out must be a path on a filesystem the Ray workers share")
+    if not out.parent.is_dir():
+        raise UserError(f"output directory {out.parent} does not exist")
+    if job.resume and job.overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pick one")
+    if out.exists() and not job.overwrite:
+        if job.resume and not (partial_dir(out) / "state.json").exists():
+            return _already_complete(out, began)
+        raise UserError(f"{out} already exists; pass --overwrite (or --resume)")
+    model_dir = resolve_model_dir(job.model_dir)
+    card = ModelDir.open(model_dir).card
+    schema = file_schema(fs, files[0])
+    text_columns, note = resolve_text_columns(
+        schema, job.text_columns or card.text_columns, explicit=bool(job.text_columns)
+    )
+    if note:
+        print(f"scorer: {note}", flush=True)
+    keep = tuple(job.keep_columns if job.keep_columns is not None else default_keep_columns(schema))
+    check_schemas(((f.uri, file_schema(fs, f)) for f in files), text_columns, keep)
+    total = sum(f.rows for f in files)
+    parts_dir = partial_dir(out)
+    with lock_output(parts_dir, label=out, directory=True):
+        units = _pending_units(job, parts_dir, files, model_dir)
+        ray = start_ray(address)
+        resources = ray.cluster_resources()
+        device = _device(job, resources)
+        graph = _graph(model_dir, device, job.precision)
+        sizing = size_pool(
+            resources.get("CPU", 1.0), resources.get("GPU", 0.0), device, job.workers
+        )
+        bundle = ray.put(ModelBundle.read(model_dir))
+        columns = list(dict.fromkeys([*keep, *text_columns]))
+        with warnings.catch_warnings():
+            # Passing max_restarts / max_task_retries explicitly is reported as deprecated
+            # (the named parameters that replace them do not exist yet in 2.60).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            scored = _pipeline(
+                read_reviews([job.input], columns, units=units), ray, bundle, device, job,
+                text_columns, keep, sizing, predictor,
+            )  # fmt: skip
+        written = scored.map_batches(
+            write_parts,
+            fn_kwargs={"directory": str(parts_dir)},
+            batch_size=None,
+            batch_format="pyarrow",
+        )
+        try:
+            results = written.take_all() if units else []
+        except Exception as exc:  # Ray wraps what the tasks raised
+            cause = _unwrap(exc)
+            if isinstance(cause, UserError):
+                raise UserError(str(cause)) from None
+            raise
+        trusted, stale = trusted_parts(parts_dir)
+        covered = trusted[-1].end if trusted else 0
+        if stale or covered != total:
+            raise RuntimeError(f"{parts_dir}: parts cover rows 0..{covered} of {total}")
+        del results  # each part recorded its own rows and lossy count
+        lossy = _lossy_in_parts(parts_dir)
+        _publish(parts_dir, out, job.overwrite)
+    summary = RunSummary(
+        out=out,
+        rows=total,
+        seconds=time.perf_counter() - began,
+        device=device,
+        provider=f"Ray, {sizing.actors} actors",
+        precision=graph[2],
+        model=f"{model_dir.name}/{graph[0]}",
+        resumed_rows=total - sum(int(u["rows"]) for u in units),
+        lossy_rows=lossy,
+    )
+    _manifest(job, out, files, model_dir, summary, sizing, graph)
+    return summary
+
+
+def _already_complete(out: Path, began: float) -> RunSummary:
+    import json
+
+    try:
+        manifest = json.loads(manifest_path(out).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise UserError(f"{out} exists without a manifest; pass --overwrite") from None
+    return RunSummary(
+        out=out,
+        rows=int(manifest.get("rows", 0)),
+        seconds=time.perf_counter() - began,
+        device=str(manifest.get("device", "")),
+        provider=str(manifest.get("provider", "")),
+        precision=str(manifest.get("model", {}).get("precision", "")),
+        already_complete=True,
+    )
+
+
+def _graph(model_dir: Path, device: str, precision: str) -> tuple[str, str, str]:
+    """(file, sha256, precision) of the graph the actors run on ``device``."""
+    from scorer.session import choose_precision, graph_file
+
+    chosen = choose_precision(model_dir, device, precision)
+    path = graph_file(model_dir, device, chosen)
+    entry = ModelDir.open(model_dir).card.graphs.get(path.name)
+    if entry is None:
+        raise UserError(f"{model_dir} has no {path.name}: run `scorer export`")
+    return path.name, str(entry.get("sha256")), chosen
+
+
+def _device(job: RunJob, resources: dict) -> str:
+    if job.device == "auto":
+        return "cuda" if resources.get("GPU", 0) >= 1 and job.precision != "int8" else "cpu"
+    return job.device
+
+
+def _pending_units(job: RunJob, parts_dir: Path, files, model_dir: Path) -> list[dict]:
+    """The read units still to score: all of them for a fresh run; for ``--resume``, those
+    whose rows the whole parts left by an interrupted run do not cover."""
+    import json
+
+    from scorer.io import atomic_write_text
+
+    card = ModelDir.open(model_dir).card
+    state = {
+        "inputs": [f.fingerprint() for f in files],
+        "model": {name: entry.get("sha256") for name, entry in sorted(card.graphs.items())},
+        "engine": "ray",
+    }
+    units = read_units(files)
+    saved_path = parts_dir / "state.json"
+    if job.resume and saved_path.is_file():
+        try:
+            saved = json.loads(saved_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RuntimeError(f"cannot read {saved_path}: {exc}; the parts are kept") from exc
+        if saved != state:
+            raise UserError(
+                f"cannot resume into {job.out}: the input files or the model changed since the "
+                "interrupted run (rerun with --overwrite)"
+            )
+        covered = _covered_rows(parts_dir)
+        return [u for u in units if not covered[u["start"] : u["start"] + u["rows"]].all()]
+    for entry in parts_dir.iterdir():
+        if entry.name != "lock.pid":
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    atomic_write_text(saved_path, json.dumps(state, indent=1))
+    return units
+
+
+def _covered_rows(parts_dir: Path) -> np.ndarray:
+    """Which input rows whole parts already hold; broken parts are deleted (rewritten)."""
+    import re
+
+    import pyarrow.parquet as pq
+
+    pattern = re.compile(r"part-(\d{12})-(\d{12})\.parquet$")
+    spans = []
+    for path in parts_dir.iterdir():
+        match = pattern.match(path.name)
+        if not match:
+            continue
+        start, end = int(match.group(1)), int(match.group(2))
+        try:
+            whole = pq.ParquetFile(path).metadata.num_rows == end - start
+        except (pa.ArrowException, OSError):
+            whole = False
+        if whole:
+            spans.append((start, end))
+        else:
+            path.unlink()
+    size = max((end for _, end in spans), default=0)
+    covered = np.zeros(size + 1, dtype=bool)
+    for start, end in spans:
+        covered[start:end] = True
+    return covered
+
+
+def _lossy_in_parts(parts_dir: Path) -> int:
+    """Rows with invalid UTF-8, as each part recorded (resumed parts included)."""
+    import pyarrow.parquet as pq
+
+    from scorer.output import LOSSY_KEY
+
+    total = 0
+    for path in parts_dir.glob("part-*.parquet"):
+        metadata = pq.ParquetFile(path).schema_arrow.metadata or {}
+        total += int(metadata.get(LOSSY_KEY, b"0"))
+    return total
+
+
+def _publish(parts_dir: Path, out: Path, overwrite: bool) -> None:
+    """Rename the complete parts directory to ``out`` (while still holding its lock)."""
+    for name in ("state.json", "lock.pid"):
+        with contextlib.suppress(FileNotFoundError):
+            (parts_dir / name).unlink()
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} appeared while scoring; pass --overwrite")
+    from scorer.io import publish_dir
+
+    publish_dir(parts_dir, out)
+    fsync_dir(out.parent)
+
+
+def _manifest(job, out: Path, files, model_dir: Path, summary: RunSummary, sizing, graph):
+    import json
+
+    from scorer import __version__
+    from scorer.io import atomic_write_text
+
+    manifest = {
+        "scorer_version": __version__,
+        "engine": "ray",
+        "output": str(out.resolve()),
+        "inputs": [f.fingerprint() for f in files],
+        "model": {
+            "dir": str(Path(model_dir).resolve()),
+            "file": graph[0],
+            "sha256": graph[1],
+            "precision": graph[2],
+        },
+        "device": summary.device,
+        "provider": summary.provider,
+        "actors": sizing.actors,
+        "cpus_per_actor": sizing.cpus_per_actor,
+        "gpus_per_actor": sizing.gpus_per_actor,
+        "rows": summary.rows,
+        "resumed_rows": summary.resumed_rows,
+        "lossy_utf8_rows": summary.lossy_rows,
+        "seconds": summary.seconds,
+        "rows_per_s": summary.rows_per_s,
+        "pid": os.getpid(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_write_text(manifest_path(out), json.dumps(manifest, indent=2) + "\n")

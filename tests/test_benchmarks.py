@@ -1,0 +1,56 @@
+"""The benchmark scripts run (tiny sizes): the device check's dry run and the host-only run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scorer.export.onnx_export import export_model
+from tests.helpers import make_model_dir
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    directory = make_model_dir(tmp_path_factory.mktemp("m") / "m", variant="packed")
+    export_model(directory.path)
+    return directory.path
+
+
+def test_device_check_dry_run_reports_every_cuda_step_skipped(
+    tmp_path, model, reference_data, monkeypatch
+):
+    from benchmarks import e2e, gpu
+
+    if gpu.cuda_status() is None:
+        pytest.skip("this host has CUDA: the device check runs for real there")
+    monkeypatch.setattr(e2e, "WORK", tmp_path / "work")
+    monkeypatch.setattr(gpu, "WORK", tmp_path / "work")
+    report = gpu.main(
+        ["--rows", "3000", "--quick", "--model-dir", str(model), "--out", str(tmp_path)]
+    )
+    reason = gpu.cuda_status()
+    for step in ("tests", "training", "export"):
+        assert report[step] == {"skipped": reason}
+    assert report["model_alone"]["cuda"] == {"skipped": reason}
+    assert report["model_alone"]["2048"]["cpu folded, all cores"] > 0
+    assert report["end_to_end"]["cuda"] == {"skipped": reason}
+    assert report["end_to_end"]["cpu"]["provider"] == "CPUExecutionProvider"
+    saved = json.loads(next(tmp_path.glob("*-no-gpu.json")).read_text())
+    assert saved["cuda"] == reason and (tmp_path / next(tmp_path.glob("*.md")).name).is_file()
+
+
+def test_host_only_run_scores_nothing_and_writes_everything(
+    tmp_path, model, reference_data, monkeypatch
+):
+    from benchmarks import e2e
+
+    monkeypatch.setattr(e2e, "WORK", tmp_path)
+    result = e2e.host_only(model, 5000, [1, 2], repeats=1)
+    assert set(result) == {"1", "2"}
+    for run in result.values():
+        assert run["reviews_per_s"] > 0 and set(run["stage_seconds"]) >= {
+            "read",
+            "tokenize",
+            "write",
+        }

@@ -1,0 +1,192 @@
+"""`scorer run --engine ray` on a local 2-CPU Ray instance: the same rows as the local engine,
+also when an actor is killed mid-run, and the same one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray Data is not installed (pip install 'scorer[ray]')")
+
+from scorer.cli import main  # noqa: E402
+from scorer.errors import UserError  # noqa: E402
+from scorer.export.onnx_export import export_model  # noqa: E402
+from scorer.ray import RatingPredictor  # noqa: E402
+from scorer.ray_engine import Sizing, run_on_ray, size_pool, start_ray  # noqa: E402
+from scorer.run import RunJob, partial_dir  # noqa: E402
+from tests.helpers import make_model_dir  # noqa: E402
+
+KILL_MARKER = "SCORER_TEST_KILL_MARKER"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One local instance for the module, with 2 CPUs: the smallest size that must work."""
+    marker = tmp_path_factory.mktemp("kill") / "killed"
+    os.environ[KILL_MARKER] = str(marker)  # the workers inherit it
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_ray(None)
+    context = ray.data.DataContext.get_current()
+    context.execution_no_progress_timeout_s = 120  # a hang fails the test instead
+    yield marker
+    ray.shutdown()
+    os.environ.pop(KILL_MARKER, None)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    directory = make_model_dir(tmp_path_factory.mktemp("model") / "m", variant="packed")
+    export_model(directory.path)
+    return directory.path
+
+
+@pytest.fixture(scope="module")
+def reviews(tmp_path_factory, reference_data):
+    """4,000 real reviews in two files with small row groups (many read units)."""
+    csv, _ = reference_data
+    frame = pl.read_csv(csv, infer_schema_length=10_000).head(4000).rename({"": "id"}, strict=False)
+    folder = tmp_path_factory.mktemp("in")
+    pq.write_table(frame[:1500].to_arrow(), folder / "a.parquet", row_group_size=400)
+    pq.write_table(frame[1500:].to_arrow(), folder / "b.parquet", row_group_size=700)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory, model, reviews):
+    out = tmp_path_factory.mktemp("local") / "local.parquet"
+    argv = ["run", str(reviews), "--model", str(model), "--out", str(out), "--quiet"]
+    assert main([*argv, "--keep-col", "Clothing ID"]) == 0
+    return pl.read_parquet(out)
+
+
+def _ray_output(path) -> pl.DataFrame:
+    return pl.read_parquet(str(path / "*.parquet")).sort("row")
+
+
+def _job(model, reviews, out, **options) -> RunJob:
+    return RunJob(str(reviews), model, out, keep_columns=("Clothing ID",), quiet=True, **options)
+
+
+class KillOnce(RatingPredictor):
+    """Kills its own actor process on its second batch, once per test (a marker file)."""
+
+    calls = 0
+
+    def __call__(self, batch):
+        self.calls += 1
+        if self.calls == 2:
+            try:
+                os.close(os.open(os.environ[KILL_MARKER], os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                pass
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return super().__call__(batch)
+
+
+def test_ray_output_equals_local_output_row_for_row(cluster, tmp_path, model, reviews, local):
+    out = tmp_path / "ray.parquet"
+    summary = run_on_ray(_job(model, reviews, out))
+    assert summary.rows == 4000 and summary.device == "cpu"
+    got = _ray_output(out)
+    assert got.columns == local.columns and got.equals(local)
+    manifest = json.loads(out.with_name("ray.parquet.manifest.json").read_text())
+    assert manifest["engine"] == "ray" and manifest["rows"] == 4000
+    assert manifest["model"]["file"] == "model.onnx" and manifest["actors"] == 2
+    assert not partial_dir(out).exists()
+
+
+def test_a_killed_actor_is_restarted_and_the_output_is_complete(
+    cluster, tmp_path, model, reviews, local
+):
+    ray.cloudpickle.register_pickle_by_value(__import__(__name__))
+    out = tmp_path / "ray.parquet"
+    run_on_ray(_job(model, reviews, out), predictor=KillOnce)
+    assert cluster.exists()  # an actor really died
+    assert _ray_output(out).equals(local)
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "missing column"])
+def test_a_bad_file_gives_the_local_engines_one_line_error(
+    cluster, tmp_path, model, reviews, capsys, damage
+):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.parquet").write_bytes((reviews / "a.parquet").read_bytes())
+    if damage == "corrupt":
+        (folder / "b.parquet").write_bytes(b"PAR1" + b"\0" * 500)
+    else:
+        pl.read_parquet(reviews / "b.parquet").drop("Review Text").write_parquet(
+            folder / "b.parquet"
+        )
+    errors = []
+    for engine in ("local", "ray"):
+        out = tmp_path / f"{engine}.parquet"
+        argv = ["run", str(folder), "--model", str(model), "--out", str(out), "--quiet"]
+        assert main([*argv, "--engine", engine]) == 1
+        errors.append(capsys.readouterr().err.replace(str(out), "OUT"))
+        assert not out.exists() and not partial_dir(out).exists()
+    assert errors[0] == errors[1] and errors[0].count("\n") == 1 and "b.parquet" in errors[0]
+
+
+def test_resume_scores_only_the_units_left(cluster, tmp_path, model, reviews, local):
+    out = tmp_path / "ray.parquet"
+    run_on_ray(_job(model, reviews, out))
+    # An interrupted run: the same parts, some gone, one truncated, plus the state file.
+    parts = partial_dir(out)
+    out.rename(parts)
+    (parts / "state.json").write_text(json.dumps(_state(model, reviews)))
+    files = sorted(parts.glob("part-*.parquet"))
+    for path in files[::3]:
+        path.unlink()
+    files[1].write_bytes(files[1].read_bytes()[:100])
+    kept = sum(pq.read_metadata(p).num_rows for i, p in enumerate(files) if i % 3 and i != 1)
+    summary = run_on_ray(_job(model, reviews, out, resume=True))
+    # The whole parts' rows were not scored again (units are row groups: a unit that lost
+    # any part is scored whole).
+    assert 0 < summary.resumed_rows <= kept and summary.rows == 4000
+    assert _ray_output(out).equals(local)
+
+
+def _state(model, reviews) -> dict:
+    from scorer.model_dir import ModelDir
+    from scorer.ray import list_parquet
+
+    _, files = list_parquet([str(reviews)])
+    card = ModelDir.open(model).card
+    return {
+        "inputs": [f.fingerprint() for f in files],
+        "model": {name: entry.get("sha256") for name, entry in sorted(card.graphs.items())},
+        "engine": "ray",
+    }
+
+
+@pytest.mark.parametrize(
+    ("cpus", "gpus", "device", "workers", "sizing"),
+    [
+        (1, 0, "cpu", None, Sizing(1, 0.0, 0.0, 1)),
+        (2, 0, "cpu", None, Sizing(2, 0.5, 0.0, 1)),
+        (2, 0, "cpu", 1, Sizing(1, 0.5, 0.0, 1)),
+        (3, 0, "cpu", None, Sizing(2, 1.0, 0.0, 1)),
+        (16, 0, "cpu", None, Sizing(15, 1.0, 0.0, 1)),
+        (16, 0, "cpu", 64, Sizing(15, 1.0, 0.0, 1)),
+        (16, 1, "cuda", None, Sizing(1, 1.0, 1.0, 1)),
+        (16, 8, "cuda", None, Sizing(8, 1.0, 1.0, 1)),
+        (4, 8, "cuda", None, Sizing(8, 0.375, 1.0, 1)),
+    ],
+)
+def test_the_pool_always_leaves_a_cpu_for_read_and_write_tasks(cpus, gpus, device, workers, sizing):
+    got = size_pool(cpus, gpus, device, workers)
+    assert got == sizing
+    assert got.actors * got.cpus_per_actor <= max(cpus - 1, 0) or cpus < 2
+
+
+def test_cuda_on_a_cluster_without_gpus_is_refused() -> None:
+    with pytest.raises(UserError, match="has no GPU"):
+        size_pool(4, 0, "cuda", None)
