@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from scorer.export.fold import FoldedLSTM, folded_weights, step_ids
+from scorer.export.fold import FoldedLSTM, folded_factors, step_ids
 from scorer.model import ReviewLSTM
 
 
@@ -124,7 +124,13 @@ class InferenceGraph(nn.Module):
                 ids, lengths, direction.hold, self.config.packed, direction.reverse
             )
             final, best = FoldedLSTM.apply(
-                arranged, valid, direction.table, direction.recurrent, want_max
+                arranged,
+                valid,
+                direction.embedding,
+                direction.w_in,
+                direction.bias,
+                direction.recurrent,
+                want_max,
             )
             finals.append(final)
             maxima.append(best)
@@ -172,10 +178,14 @@ class _FoldedDirection(nn.Module):
 
     def __init__(self, model: ReviewLSTM, reverse: bool) -> None:
         super().__init__()
-        table, recurrent = folded_weights(model.embedding.weight, model.lstm, reverse)
+        embedding, w_in, bias, recurrent = folded_factors(
+            model.embedding.weight, model.lstm, reverse
+        )
         self.reverse = reverse
-        self.hold = table.shape[0] - 1
-        self.register_buffer("table", table)
+        self.hold = embedding.shape[0]  # the table's extra all-zero row
+        self.register_buffer("embedding", embedding)
+        self.register_buffer("w_in", w_in)
+        self.register_buffer("bias", bias)
         self.register_buffer("recurrent", recurrent)
 
 
