@@ -87,6 +87,10 @@ class TrainConfig:
     expected_loss_weight: float = 0.0
     # The wide path's learning rate, as a multiple of lr (see train._param_groups).
     wide_lr_scale: float = 10.0
+    label_smoothing: float = 0.0
+    # Checkpoint averaging: the mean weights of this many epochs ending at the best one
+    # (kept if better on validation); 1 keeps the best epoch's weights.
+    average_epochs: int = 1
     # Which of batch_size and lr the user left to presets (no flag, no --config key, no
     # --reference): once the device is known, its preset sets them (presets.batch_preset).
     from_preset: tuple[str, ...] = ()

@@ -170,7 +170,7 @@ def test_training_steps_never_read_tensors_on_the_host(
     monkeypatch.setattr(train_module, "choose_runtime", lambda device, precision: runtime)
     reads = HostReads(monkeypatch)
     counts = []
-    real_fit = train_module._fit
+    real_fit = train_module.fit
 
     def counted_fit(*args, **kwargs):
         reads.active, reads.calls = True, []
@@ -180,7 +180,7 @@ def test_training_steps_never_read_tensors_on_the_host(
             reads.active = False
             counts.append(list(reads.calls))
 
-    monkeypatch.setattr(train_module, "_fit", counted_fit)
+    monkeypatch.setattr(train_module, "fit", counted_fit)
     epochs = 2
     for batch_size in (16, 64):  # 30 and 8 steps per epoch
         name = f"b{batch_size}"
