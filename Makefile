@@ -1,6 +1,8 @@
 # Two commands set everything up on a fresh machine:
-#   make demo   vocab -> train -> export -> score -> evaluate, on the reference reviews
+#   make demo   train -> export -> score -> evaluate, on the reference reviews
 #   make test   lint + the test suite
+# and one rebuilds the model shipped in the package:
+#   make model  the bundled default model (scorer/default_model), same bytes on the same CPU
 # Both create .venv and install what they need. The CPU torch build is installed first so the
 # `train` extra never pulls a CUDA build; override TORCH for another build.
 PYTHON ?= python3
@@ -18,12 +20,12 @@ TRAIN_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(ORT)
 
-.PHONY: demo test lint install clean bench
+.PHONY: demo test lint install clean bench model
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[train,$(ORT),dev]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[train,$(ORT),dev,ray]"
 	touch $@
 
 install: $(STAMP)
@@ -32,13 +34,15 @@ SPLIT_ARGS = $(if $(wildcard $(SPLIT)),--split-file "$(SPLIT)")
 
 demo: $(STAMP)
 	mkdir -p $(WORK)
-	$(BIN)/scorer vocab "$(DATA)" --out $(WORK)/vocab.json $(TEXT_COLS) $(SPLIT_ARGS)
 	$(BIN)/scorer train "$(DATA)" --out $(WORK)/model --overwrite $(TEXT_COLS) $(SPLIT_ARGS) \
 		--label-col "$(LABEL)" $(TRAIN_ARGS)
 	$(BIN)/scorer export $(WORK)/model --int8
 	$(BIN)/scorer run "$(DATA)" --model $(WORK)/model --out $(WORK)/scores.parquet --overwrite
 	$(BIN)/scorer eval "$(DATA)" --model $(WORK)/model --label-col "$(LABEL)" \
 		$(if $(wildcard $(SPLIT)),--split-file "$(SPLIT)" --split test)
+
+model: $(STAMP)
+	$(BIN)/python -m scorer.bundle --data "$(DATA)" $(SPLIT_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
