@@ -1,7 +1,10 @@
 """Model quality on the reference test split: the reference recipe's four variants, our
-default model, and the int8 export's quality next to fp32.
+default model, and the int8 export's quality next to fp32; or, with --data, the default model
+over seeds against the TF-IDF + logistic-regression baseline on any labelled file.
 
     python -m benchmarks.quality [--variants fixed packed vectors regression] [--default]
+    python -m benchmarks.quality --data FILE --text-col COL --label-col COL [--split-file F]
+        [--seeds 0 1 2] [--name NAME]     (several --data: one result per file, same order)
 
 The vectors variant needs pre-trained vectors; with no GloVe file here, the benchmark makes
 50-d vectors from the training rows only (PPMI of a +-2 word window, randomized SVD) and
@@ -148,6 +151,27 @@ def onnx_parity(model_dir: Path) -> dict[str, object]:
     }
 
 
+def data_quality(args) -> dict[str, object]:
+    """--data mode: each file's default model over seeds against the baseline."""
+    from benchmarks.quality_data import dataset_quality, markdown
+
+    results = []
+    for i, data in enumerate(args.data):
+        reference = data.resolve() == DEFAULT_REVIEWS.resolve()
+        name = args.name[i] if args.name else data.stem
+        splits = args.split_file or []
+        split = splits[i] if i < len(splits) else (DEFAULT_SPLIT if reference else None)
+        text = tuple(args.text_col or (DEFAULT_TEXT_COLUMNS if reference else ("text",)))
+        label = args.label_col or ("Rating" if reference else "rating")
+        results.append(dataset_quality(name, data, text, label, split, args.seeds, WORK))
+    table = markdown(results)
+    print(table)
+    path = save("quality-data", {"machine": machine(), "seeds": args.seeds, "datasets": results})
+    path.with_suffix(".md").write_text(table)
+    print(f"saved {path}")
+    return {"datasets": results}
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -155,6 +179,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     )
     parser.add_argument("--default", action="store_true", help="also train the default model")
     parser.add_argument("--int8", type=Path, help="model dir whose int8 export to check")
+    parser.add_argument("--data", type=Path, nargs="*", default=None, help="labelled files")
+    parser.add_argument("--text-col", action="append", default=None)
+    parser.add_argument("--label-col", default=None)
+    parser.add_argument("--split-file", type=Path, nargs="*", default=None)
+    parser.add_argument("--name", nargs="*", default=None)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
         "--parity-only",
         nargs="*",
@@ -164,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     )
     args = parser.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
+    if args.data:
+        return data_quality(args)
     if args.parity_only is not None:
         parity = {str(d): onnx_parity(d) for d in args.parity_only}
         for name, p in parity.items():

@@ -1,0 +1,138 @@
+"""Quality on any labelled file: the default `scorer train` model over seeds against the
+TF-IDF + logistic-regression baseline, on the same split (benchmarks.quality --data).
+
+Without a split file, a stratified 80/10/10 split with seed 0 is drawn once and written
+beside the results (``runs/bench/splits/NAME.csv``), so every model and seed sees the same
+rows. Settings are chosen on validation only; test rows are scored once per model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from benchmarks.baseline import tfidf_logistic_regression
+from scorer.data import read_labels, read_split_file, read_table, read_texts, stratified_split
+
+METRICS = ("accuracy", "macro_f1", "rmse", "rmse_expected")
+
+
+def split_for(name: str, labels_index: np.ndarray, split_file: Path | None, work: Path) -> Path:
+    if split_file is not None:
+        return split_file
+    path = work / "splits" / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    split = stratified_split(labels_index, seed=0)
+    pl.DataFrame({"row": np.arange(len(split)), "split": split}).write_csv(path)
+    return path
+
+
+def summarize(runs: Sequence[dict]) -> dict[str, dict[str, float]]:
+    out = {}
+    for metric in METRICS:
+        values = [r["test"][metric] for r in runs]
+        out[metric] = {
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values),
+            "max": max(values),
+        }
+    seconds = [r["train_seconds"] for r in runs]
+    out["train_seconds"] = {"mean": statistics.fmean(seconds), "max": max(seconds)}
+    return out
+
+
+def dataset_quality(
+    name: str,
+    data: Path,
+    text_columns: tuple[str, ...],
+    label_column: str,
+    split_file: Path | None,
+    seeds: Sequence[int],
+    work: Path,
+    options: dict | None = None,
+) -> dict[str, object]:
+    from scorer.presets import resolve
+    from scorer.train import TrainJob, train_model
+
+    frame = read_table(data)
+    texts = read_texts(frame, text_columns, data)
+    labels = read_labels(frame, label_column, data)
+    split_path = split_for(name, labels.index, split_file, work)
+    split = read_split_file(split_path, len(texts))
+    ratings = np.asarray(labels.values)[labels.index]
+    lengths = texts.str.split(" ").list.len()
+    result: dict[str, object] = {
+        "name": name,
+        "data": str(data),
+        "rows": {s: int((split == s).sum()) for s in ("train", "val", "test")},
+        "words": {"mean": float(lengths.mean()), "median": float(lengths.median())},
+        "labels": {f"{v:g}": int((ratings == v).sum()) for v in labels.values},
+        "split_file": str(split_path),
+    }
+    baseline = tfidf_logistic_regression(texts.to_list(), ratings, split, labels.values)
+    print(f"{name}: baseline C={baseline['C']} test {_line(baseline['test'])}", flush=True)
+    runs = []
+    for seed in seeds:
+        model, tok, train = resolve({**(options or {}), "seed": seed})
+        trained = train_model(
+            TrainJob(data, work / f"{name}-seed{seed}", model, tok, train, text_columns,
+                     label_column, split_path, overwrite=True)
+        )  # fmt: skip
+        assert trained.test is not None
+        runs.append(
+            {
+                "seed": seed,
+                "test": trained.test.to_dict(),
+                "val": trained.val.to_dict(),
+                "best_epoch": trained.best_epoch,
+                "train_seconds": trained.seconds,
+                "config": {
+                    "model": dataclasses.asdict(model),
+                    "tokenizer": dataclasses.asdict(tok),
+                    "train": dataclasses.asdict(train),
+                },
+            }
+        )
+        print(
+            f"{name}: seed {seed} test {_line(runs[-1]['test'])} ({trained.seconds:.0f}s)",
+            flush=True,
+        )
+    model_summary = summarize(runs)
+    result["baseline"] = baseline
+    result["model"] = {"runs": runs, "mean": model_summary}
+    result["beats_baseline"] = {
+        "accuracy": model_summary["accuracy"]["mean"] >= baseline["test"]["accuracy"],
+        "rmse_expected": model_summary["rmse_expected"]["mean"]
+        <= baseline["test"]["rmse_expected"],
+    }
+    return result
+
+
+def _line(metrics: dict) -> str:
+    return " ".join(f"{k} {metrics[k]:.4f}" for k in METRICS)
+
+
+def markdown(results: Sequence[dict]) -> str:
+    lines = [
+        "| dataset | rows (train/val/test) | words (mean) | model: accuracy | baseline | model: "
+        "RMSE (expected) | baseline | macro-F1 model / baseline | train s (mean) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        m, b = r["model"]["mean"], r["baseline"]["test"]
+        rows, accuracy = r["rows"], m["accuracy"]
+        lines.append(
+            f"| {r['name']} | {rows['train']:,}/{rows['val']:,}/{rows['test']:,} | "
+            f"{r['words']['mean']:.0f} | {accuracy['mean']:.3f} ± {accuracy['std']:.3f} | "
+            f"{b['accuracy']:.3f} | {m['rmse_expected']['mean']:.3f} ± "
+            f"{m['rmse_expected']['std']:.3f} | {b['rmse_expected']:.3f} | "
+            f"{m['macro_f1']['mean']:.3f} / {b['macro_f1']:.3f} | "
+            f"{m['train_seconds']['mean']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
