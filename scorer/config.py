@@ -28,6 +28,13 @@ class TokenizerConfig:
     keep_whitespace: bool = True
     max_len: int = 70
     min_count: int = 2
+    # Of a review longer than max_len, the last ``tail`` tokens are kept after the first
+    # ``max_len - tail``: a long review's verdict is often at its end. 0: the head only.
+    tail: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.tail <= self.max_len:
+            raise UserError(f"tail must be in [0, max_len={self.max_len}], got {self.tail}")
 
 
 @dataclass(frozen=True)

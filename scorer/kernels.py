@@ -129,10 +129,32 @@ def _lookup(h, scratch, size, keys, key_off, key_len, slot_val, default, max_key
 
 
 @nb.njit(inline="always")
+def _put(ids, ring, row, k, value, head, tail):
+    """Token ``k``'s id: one of the first ``head`` goes in place; later ones go round a ring
+    of the last ``tail`` (placed after the head when the row ends)."""
+    if k < head:
+        ids[row, k] = value
+    elif tail > 0:
+        ring[(k - head) % tail] = value
+
+
+@nb.njit(inline="always")
+def _place_tail(ids, ring, row, n_tok, head, tail):
+    """Move the ring's tokens in order after the head; returns the row's length."""
+    if tail == 0 or n_tok <= head:
+        return min(n_tok, head)
+    kept = min(n_tok - head, tail)
+    first = (n_tok - head - kept) % tail
+    for j in range(kept):
+        ids[row, head + j] = ring[(first + j) % tail]
+    return head + kept
+
+
+@nb.njit(inline="always")
 def _finish(
     mode, is_ws, keep_ws, limit, row, n_tok, tok, tok_pos, h, size, scratch,
     keys, key_off, key_len, slot_val, default, max_key,
-    piece_off, piece_len, piece_val, ids, token_byte,
+    piece_off, piece_len, piece_val, ids, token_byte, ring, head, tail,
 ):  # fmt: skip
     """Account for one finished token; a special case expands into its pieces. Returns
     (tokens so far, token index, whether the token was dropped)."""
@@ -141,7 +163,7 @@ def _finish(
     value = _lookup(h, scratch, size, keys, key_off, key_len, slot_val, default, max_key)
     if value >= 0:
         if mode == IDS:
-            ids[row, n_tok] = value
+            _put(ids, ring, row, n_tok, value, head, tail)
         elif mode == STRINGS:
             token_byte[tok] = tok_pos
             tok += 1
@@ -152,7 +174,7 @@ def _finish(
         if n_tok >= limit:
             break
         if mode == IDS:
-            ids[row, n_tok] = piece_val[p]
+            _put(ids, ring, row, n_tok, piece_val[p], head, tail)
         elif mode == STRINGS:
             token_byte[tok] = start
             tok += 1
@@ -166,13 +188,19 @@ def _make_tokenizer(mode: int):
 
     @nb.njit(nogil=True, cache=True)
     def kernel(
-        datas, offsets, valids, lo, hi, keep_ws, limit,
+        datas, offsets, valids, lo, hi, keep_ws, max_tokens, tail,
         keys, key_off, key_len, slot_val, default, max_key, piece_off, piece_len, piece_val,
         ids, counts, nbytes, invalid, out_bytes, byte_start, row_token, token_byte,
     ):  # fmt: skip
         """Tokens of rows [lo, hi) (see the module docstring). ``slot_val`` is a token's
-        value, or ``-(j + 1)`` for special case ``j`` (pieces ``piece_*[piece_off[j]:]``)."""
+        value, or ``-(j + 1)`` for special case ``j`` (pieces ``piece_*[piece_off[j]:]``).
+        IDS keeps the first ``max_tokens - tail`` and the last ``tail`` tokens of a row: with
+        no tail, scanning stops at ``max_tokens``; with one, the whole row is read, its last
+        tokens kept in a ring (memory stays that of the row's ids)."""
         scratch = np.empty(max_key + 1, dtype=np.uint8)
+        head = max_tokens - tail
+        ring = np.empty(max(tail, 1), dtype=np.int64)
+        limit = max_tokens if tail == 0 else np.iinfo(np.int64).max
         for row in range(lo, hi):
             n_tok = 0
             pos = byte_start[row] if mode == STRINGS else 0
@@ -209,6 +237,7 @@ def _make_tokenizer(mode: int):
                                     mode, True, keep_ws, limit, row, n_tok, tok, tok_pos, h,
                                     size, scratch, keys, key_off, key_len, slot_val, default,
                                     max_key, piece_off, piece_len, piece_val, ids, token_byte,
+                                    ring, head, tail,
                                 )  # fmt: skip
                                 if dropped:
                                     pos = tok_pos
@@ -240,7 +269,7 @@ def _make_tokenizer(mode: int):
                         n_tok, tok, _ = _finish(
                             mode, False, keep_ws, limit, row, n_tok, tok, tok_pos, h, size,
                             scratch, keys, key_off, key_len, slot_val, default, max_key,
-                            piece_off, piece_len, piece_val, ids, token_byte,
+                            piece_off, piece_len, piece_val, ids, token_byte, ring, head, tail,
                         )  # fmt: skip
                         state = 0
                         if n_tok >= limit:
@@ -252,9 +281,11 @@ def _make_tokenizer(mode: int):
                         state, size, h, tok_pos = 2, 0, _FNV_OFFSET, pos
                     if size <= max_key:
                         scratch[size] = ch
-                    if mode == STRINGS:
+                    # A whitespace run that will be dropped never reaches out_bytes: its
+                    # row's share of out_bytes (counted without it) has no room for it.
+                    if mode == STRINGS and keep_ws:
                         out_bytes[pos] = ch
-                    if mode != IDS:
+                    if mode != IDS and keep_ws:
                         pos += 1
                     size += 1
                     h = (h ^ np.uint64(ch)) * _FNV_PRIME
@@ -264,10 +295,12 @@ def _make_tokenizer(mode: int):
                 n_tok, tok, dropped = _finish(
                     mode, state == 2, keep_ws, limit, row, n_tok, tok, tok_pos, h, size,
                     scratch, keys, key_off, key_len, slot_val, default, max_key,
-                    piece_off, piece_len, piece_val, ids, token_byte,
+                    piece_off, piece_len, piece_val, ids, token_byte, ring, head, tail,
                 )  # fmt: skip
                 if dropped:
                     pos = tok_pos
+            if mode == IDS:
+                n_tok = _place_tail(ids, ring, row, n_tok, head, tail)
             counts[row] = n_tok
             invalid[row] = bad
             if mode == COUNT:

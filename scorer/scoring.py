@@ -75,6 +75,7 @@ def check_graph(directory: ModelDir, path: Path) -> None:
         embedded = json.loads(meta[META_CARD])
         facts_of_card = (
             embedded["tokenizer"]["max_len"],
+            embedded["tokenizer"].get("tail", 0),
             embedded["tokenizer"]["keep_whitespace"],
             [float(v) for v in embedded["labels"]],
             meta[META_VOCAB_SHA256],
@@ -83,11 +84,12 @@ def check_graph(directory: ModelDir, path: Path) -> None:
         raise ModelFileError(f"{path}: malformed model card metadata: {exc}") from exc
     expected = (
         card.tokenizer.max_len,
+        card.tokenizer.tail,
         card.tokenizer.keep_whitespace,
         list(card.labels),
         card.vocab_sha256,
     )
-    names = ("max_len", "keep_whitespace", "labels", "vocabulary sha256")
+    names = ("max_len", "tail", "keep_whitespace", "labels", "vocabulary sha256")
     for name, got, want in zip(names, facts_of_card, expected, strict=True):
         if got != want:
             raise UserError(f"{path}: its model card says {name} {got!r}, config.json {want!r}")
@@ -149,6 +151,7 @@ def encode_table(
             model.vocab.table,
             max_len=tok.max_len,
             keep_whitespace=tok.keep_whitespace,
+            tail=tok.tail,
             threads=1,
         )
         ids[start:end], lengths[start:end], invalid[start:end] = (

@@ -212,12 +212,16 @@ def encode_ids(
     *,
     max_len: int,
     keep_whitespace: bool,
+    tail: int = 0,
     threads: int | None = None,
 ) -> Encoded:
-    """The first ``max_len`` tokens of each row as table values; nothing past them is
-    tokenized (only checked for invalid UTF-8)."""
+    """At most ``max_len`` tokens of each row as table values: the first ``max_len - tail``
+    and the last ``tail``. Without a tail nothing past ``max_len`` is tokenized (only checked
+    for invalid UTF-8)."""
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
+    if not 0 <= tail <= max_len:
+        raise ValueError(f"tail must be in [0, max_len], got {tail}")
     columns = TextColumns.of(texts)
     n = len(columns)
     ids = np.zeros((n, max_len), dtype=np.int32)
@@ -227,7 +231,7 @@ def encode_ids(
 
     def run(lo: int, hi: int) -> None:
         kernels.tokenize_ids(
-            datas, offsets, valids, lo, hi, keep_whitespace, max_len,
+            datas, offsets, valids, lo, hi, keep_whitespace, max_len, tail,
             *table.args(), ids, counts, _EMPTY_INDEX, invalid,
             _EMPTY_BYTES, _EMPTY_INDEX, _EMPTY_INDEX, _EMPTY_INDEX,
         )  # fmt: skip
@@ -250,7 +254,7 @@ def token_strings(
 
     def count(lo: int, hi: int) -> None:
         kernels.count_tokens(
-            datas, offsets, valids, lo, hi, keep_whitespace, _NO_LIMIT,
+            datas, offsets, valids, lo, hi, keep_whitespace, _NO_LIMIT, 0,
             *table.args(), _EMPTY_IDS, counts, sizes, invalid,
             _EMPTY_BYTES, _EMPTY_INDEX, _EMPTY_INDEX, _EMPTY_INDEX,
         )  # fmt: skip
@@ -264,7 +268,7 @@ def token_strings(
 
     def fill(lo: int, hi: int) -> None:
         kernels.write_tokens(
-            datas, offsets, valids, lo, hi, keep_whitespace, _NO_LIMIT,
+            datas, offsets, valids, lo, hi, keep_whitespace, _NO_LIMIT, 0,
             *table.args(), _EMPTY_IDS, counts, sizes, invalid,
             out, byte_start, row_token, token_byte,
         )  # fmt: skip

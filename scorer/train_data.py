@@ -50,7 +50,9 @@ def to_dataset(
     tok: TokenizerConfig,
     runtime: Runtime,
 ) -> Dataset:
-    enc = vocab.encode(texts, max_len=tok.max_len, keep_whitespace=tok.keep_whitespace)
+    enc = vocab.encode(
+        texts, max_len=tok.max_len, keep_whitespace=tok.keep_whitespace, tail=tok.tail
+    )
     values = np.asarray(labels, dtype=np.float32)
     host_lengths = enc.lengths.astype(np.int64)
 

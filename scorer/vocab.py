@@ -71,14 +71,21 @@ class Vocab:
         *,
         max_len: int,
         keep_whitespace: bool,
+        tail: int = 0,
         threads: int | None = None,
     ) -> Encoded:
-        """Clean, tokenize and map a batch to ids, keeping the first ``max_len`` tokens, on
-        ``threads`` threads (default: all cores)."""
+        """Clean, tokenize and map a batch to ids, keeping at most ``max_len`` tokens (the
+        first ``max_len - tail`` and the last ``tail``), on ``threads`` threads (default: all
+        cores)."""
         if max_len < 1:
             raise UserError(f"max_len must be >= 1, got {max_len}")
         return encode_ids(
-            texts, self.table, max_len=max_len, keep_whitespace=keep_whitespace, threads=threads
+            texts,
+            self.table,
+            max_len=max_len,
+            keep_whitespace=keep_whitespace,
+            tail=tail,
+            threads=threads,
         )
 
     def save(self, path: Path) -> None:

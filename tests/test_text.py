@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
 import string
+import subprocess
+import sys
 
 import pytest
 import spacy
@@ -104,3 +107,25 @@ def test_parity_on_every_reference_review(reference_data) -> None:
     assert len(texts) == 23_486
     mismatched = [i for i, toks in enumerate(tokenize(texts)) if toks != spacy_tokens(texts[i])]
     assert mismatched == []
+
+
+_BOUNDS = """
+from scorer.text import tokenize
+from scorer.vocab import Vocab
+texts = ["a \\x0b\\x0b", "dont\\x0c", "  ", "\\x0b", "x" * 300, "a b \\x1f \\x1c"]
+vocab = Vocab.build(texts, min_count=1)
+for keep in (True, False):
+    tokenize(texts, keep_whitespace=keep)
+    tokenize(texts[::-1], keep_whitespace=keep)
+    for tail in (0, 1, 2):
+        vocab.encode(texts, max_len=2, keep_whitespace=keep, tail=tail)
+"""
+
+
+def test_the_kernels_stay_within_their_arrays(tmp_path) -> None:
+    """The compiled kernels with numba's bounds checks on (an out-of-bounds write raises
+    instead of silently corrupting memory), on edge cases: trailing whitespace that is
+    dropped, whitespace-only rows, a word longer than any key, ring-buffer tails."""
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", _BOUNDS], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -6,6 +6,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scorer.errors import UserError
 from scorer.text import tokenize
@@ -73,3 +75,37 @@ def test_text_and_vocab_import_neither_torch_nor_spacy() -> None:
         "bad = {'torch', 'spacy'} & set(sys.modules); assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("max_len", [1, 3, 5, 70])
+@pytest.mark.parametrize("tail", [0, 1, 2, 3])
+def test_head_and_tail_keep_the_first_and_last_tokens(max_len: int, tail: int) -> None:
+    if tail > max_len:
+        pytest.skip("tail must fit in max_len")
+    vocab = Vocab.build(TEXTS, min_count=1)
+    texts = [*TEXTS, "unseen words here great " * 9, "dont cannot fit great bad fit"]
+    enc = vocab.encode(texts, max_len=max_len, keep_whitespace=True, tail=tail)
+    for i, text in enumerate(texts):
+        ids = [vocab.index.get(t, 1) for t in tokenize([text])[0]]
+        if len(ids) > max_len:
+            ids = ids[: max_len - tail] + (ids[len(ids) - tail :] if tail else [])
+        assert enc.ids[i, : len(ids)].tolist() == ids and enc.lengths[i] == len(ids)
+        assert not enc.ids[i, len(ids) :].any()
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.text(alphabet="ab cd\x0b!", max_size=60), min_size=1, max_size=20),
+    st.integers(1, 12),
+    st.data(),
+)
+def test_head_and_tail_on_generated_texts(texts, max_len, data) -> None:
+    tail = data.draw(st.integers(0, max_len))
+    vocab = Vocab.build(["a b cd c d ab", " a", "a  b"], min_count=1)
+    for keep_whitespace in (True, False):
+        enc = vocab.encode(texts, max_len=max_len, keep_whitespace=keep_whitespace, tail=tail)
+        for i, tokens in enumerate(tokenize(texts, keep_whitespace=keep_whitespace)):
+            ids = [vocab.index.get(t, 1) for t in tokens]
+            if len(ids) > max_len:
+                ids = ids[: max_len - tail] + (ids[len(ids) - tail :] if tail else [])
+            assert enc.ids[i, : enc.lengths[i]].tolist() == ids
