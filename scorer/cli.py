@@ -127,6 +127,22 @@ def train_command(
     expected_loss_weight: Annotated[
         float | None, typer.Option(help="Weight of the expected-rating squared error.")
     ] = None,
+    tail: Annotated[
+        int | None,
+        typer.Option(help="Of a review longer than --max-len, keep its last TAIL tokens too."),
+    ] = None,
+    wide_buckets: Annotated[
+        int | None,
+        typer.Option(help="Linear n-gram path: bigram hash buckets (0: the LSTM alone)."),
+    ] = None,
+    wide_lr_scale: Annotated[
+        float | None, typer.Option(help="The n-gram path's learning rate, times --lr.")
+    ] = None,
+    label_smoothing: Annotated[float | None, typer.Option()] = None,
+    average_epochs: Annotated[
+        int | None,
+        typer.Option(help="Average the weights of this many epochs ending at the best one."),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda.")] = None,
     precision: Annotated[
         str | None,

@@ -121,6 +121,12 @@ def resolve(
             raise UserError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
     if train.lr <= 0:
         raise UserError(f"--lr must be > 0, got {train.lr}")
+    if train.average_epochs < 1:
+        raise UserError(f"--average-epochs must be >= 1, got {train.average_epochs}")
+    if not 0.0 <= train.label_smoothing < 1.0:
+        raise UserError(f"--label-smoothing must be in [0, 1), got {train.label_smoothing}")
+    if train.wide_lr_scale <= 0:
+        raise UserError(f"--wide-lr-scale must be > 0, got {train.wide_lr_scale}")
     return model, tokenizer, train
 
 
