@@ -66,6 +66,8 @@ VARIANT_SHAPE = {
     "regression": {"packed": False, "freeze_embeddings": False},
 }
 
+MAX_EPOCHS = 40
+
 _MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"vocab_size", "num_labels"}
 _TOKENIZER_KEYS = {f.name for f in fields(TokenizerConfig)}
 # Set by resolve() and train_model(), not options.
@@ -156,3 +158,16 @@ def apply_batch_preset(train: TrainConfig, device_type: str) -> TrainConfig:
     given = {k: getattr(train, k) for k in BATCH_KEYS if k not in train.from_preset}
     batch_size, lr, source = batch_preset(device_type, given)
     return replace(train, batch_size=batch_size, lr=lr, batch_source=source)
+
+
+def apply_min_steps(train: TrainConfig, train_rows: int) -> TrainConfig:
+    """More epochs for small data: at least ``min_steps`` optimizer steps (up to
+    ``MAX_EPOCHS``). A few thousand reviews in batches of 128 make 30 steps an epoch, and 8
+    epochs of that leave an LSTM barely past the majority class; early stopping on the
+    validation loss still ends training when more steps stop helping."""
+    if not train.min_steps:
+        return train
+    steps_per_epoch = max(1, -(-train_rows // train.batch_size))
+    needed = -(-train.min_steps // steps_per_epoch)
+    epochs = min(max(train.epochs, needed), max(train.epochs, MAX_EPOCHS))
+    return replace(train, epochs=epochs)
