@@ -392,3 +392,55 @@ def test_eval_warns_when_it_sees_the_training_rows(tmp_path, reviews, capsys) ->
     evaluate(EvalJob(str(reviews), result.model_dir.path, split_file=split, split="test"))
     held_out = capsys.readouterr().err
     assert ("warning" not in held_out) == (seen == 400)
+
+
+@pytest.mark.parametrize(
+    ("rows", "batch", "epochs", "min_steps", "want"),
+    [
+        (18_800, 128, 8, 1200, 9),  # the reference reviews: one more epoch
+        (3_900, 128, 8, 1200, 39),  # a few thousand reviews: many more
+        (100, 128, 8, 1200, 40),  # capped
+        (3_900, 128, 8, 0, 8),  # off
+        (3_900, 128, 50, 1200, 50),  # never fewer than asked for
+    ],
+)
+def test_min_steps_gives_small_data_more_epochs(rows, batch, epochs, min_steps, want) -> None:
+    from scorer.config import TrainConfig
+    from scorer.presets import apply_min_steps
+
+    train = TrainConfig(epochs=epochs, batch_size=batch, min_steps=min_steps)
+    assert apply_min_steps(train, rows).epochs == want
+
+
+def test_the_wide_path_learns_and_exports_exactly(tmp_path, reviews) -> None:
+    from scorer.export.onnx_export import export_model
+
+    result = train_model(job(tmp_path, reviews, epochs=3, wide_buckets=1024))
+    state = torch.load(result.model_dir.path / "model.pt", weights_only=True)
+    assert state["wide.bigram.weight"].abs().sum() > 0  # it learned
+    assert result.test is not None and result.test.accuracy > 0.45
+    for graph in export_model(result.model_dir.path).graphs:
+        assert graph.report.worst_diff < 1e-4 and graph.report.argmax_mismatches == 0
+
+
+@pytest.mark.parametrize(("averaged_loss", "kept"), [(0.5, True), (1.5, False)])
+def test_checkpoint_averaging_is_kept_only_when_better(monkeypatch, averaged_loss, kept) -> None:
+    from scorer import fit as fit_module
+
+    model = torch.nn.Linear(2, 1)
+    window = [{"weight": torch.full((1, 2), v), "bias": torch.zeros(1)} for v in (1.0, 3.0)]
+    best = window[-1]
+
+    def fake_predict(m, *args, **kwargs):
+        # The averaged weights are 2.0: report the loss the case asks for.
+        assert torch.equal(m.weight, torch.full((1, 2), 2.0))
+        return fit_module.Prediction(np.zeros(1), np.zeros(1, dtype=np.int64), averaged_loss)
+
+    monkeypatch.setattr(fit_module, "predict", fake_predict)
+    got = fit_module._averaged_if_better(model, window, best, 1.0, None, None, None, None)
+    assert torch.equal(got["weight"], torch.full((1, 2), 2.0 if kept else 3.0))
+
+
+def test_checkpoint_averaging_runs_in_training(tmp_path, reviews, capsys) -> None:
+    train_model(job(tmp_path, reviews, epochs=4, patience=4, average_epochs=3))
+    assert "averaged the last" in capsys.readouterr().err
