@@ -11,34 +11,35 @@ only the read units whose parts are not all there.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-import shutil
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-
 from scorer.cpus import available_cpus
 from scorer.errors import UserError
-from scorer.io import fsync_dir, lock_output
+from scorer.io import lock_output
 from scorer.model_dir import ModelDir, resolve_model_dir
-from scorer.output import part_name, trusted_parts, write_part
+from scorer.output import trusted_parts
 from scorer.ray import (
-    LOSSY,
     ModelBundle,
     RatingPredictor,
     file_schema,
     list_parquet,
     read_reviews,
-    read_units,
 )
-from scorer.run import RunJob, RunSummary, manifest_path, partial_dir
+from scorer.ray_output import (
+    already_complete,
+    lossy_in_parts,
+    pending_units,
+    publish,
+    write_manifest,
+    write_parts,
+)
+from scorer.run import RunJob, RunSummary, partial_dir
 from scorer.sources import check_schemas, default_keep_columns, resolve_text_columns
 
 # A pipeline that makes no progress this long is stuck (e.g. a cluster without the resources
@@ -97,26 +98,6 @@ def start_ray(address: str | None):
     return ray
 
 
-def write_parts(batch: pa.Table, directory: str) -> pa.Table:
-    """A write task: each run of consecutive input rows of the batch becomes one part."""
-    lossy = batch.column(LOSSY).to_numpy(zero_copy_only=False)
-    table = batch.drop_columns([LOSSY])
-    rows = table.column("row").to_numpy()
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    starts, ends, counts = [], [], []
-    for lo, hi in zip(np.r_[0, breaks], np.r_[breaks, len(rows)], strict=True):
-        if hi <= lo:
-            continue
-        first = int(rows[lo])
-        part = table.slice(lo, hi - lo)
-        count = int(lossy[lo:hi].sum())
-        write_part(Path(directory) / part_name(first, hi - lo), part, lossy_rows=count)
-        starts.append(first)
-        ends.append(first + hi - lo)
-        counts.append(count)
-    return pa.table({"start": starts, "end": ends, "lossy": counts})
-
-
 def _unwrap(error: BaseException) -> BaseException:
     seen = 0
     while seen < 10 and getattr(error, "cause", None) is not None:
@@ -173,7 +154,7 @@ def run_on_ray(
         raise UserError("--resume and --overwrite contradict each other; pick one")
     if out.exists() and not job.overwrite:
         if job.resume and not (partial_dir(out) / "state.json").exists():
-            return _already_complete(out, began)
+            return already_complete(out, began)
         raise UserError(f"{out} already exists; pass --overwrite (or --resume)")
     model_dir = resolve_model_dir(job.model_dir)
     card = ModelDir.open(model_dir).card
@@ -188,7 +169,7 @@ def run_on_ray(
     total = sum(f.rows for f in files)
     parts_dir = partial_dir(out)
     with lock_output(parts_dir, label=out, directory=True):
-        units = _pending_units(job, parts_dir, files, model_dir)
+        units = pending_units(job, parts_dir, files, model_dir)
         ray = start_ray(address)
         resources = ray.cluster_resources()
         device = _device(job, resources)
@@ -224,8 +205,8 @@ def run_on_ray(
         if stale or covered != total:
             raise RuntimeError(f"{parts_dir}: parts cover rows 0..{covered} of {total}")
         del results  # each part recorded its own rows and lossy count
-        lossy = _lossy_in_parts(parts_dir)
-        _publish(parts_dir, out, job.overwrite)
+        lossy = lossy_in_parts(parts_dir)
+        publish(parts_dir, out, job.overwrite)
     summary = RunSummary(
         out=out,
         rows=total,
@@ -237,26 +218,8 @@ def run_on_ray(
         resumed_rows=total - sum(int(u["rows"]) for u in units),
         lossy_rows=lossy,
     )
-    _manifest(job, out, files, model_dir, summary, sizing, graph)
+    write_manifest(job, out, files, model_dir, summary, sizing, graph)
     return summary
-
-
-def _already_complete(out: Path, began: float) -> RunSummary:
-    import json
-
-    try:
-        manifest = json.loads(manifest_path(out).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise UserError(f"{out} exists without a manifest; pass --overwrite") from None
-    return RunSummary(
-        out=out,
-        rows=int(manifest.get("rows", 0)),
-        seconds=time.perf_counter() - began,
-        device=str(manifest.get("device", "")),
-        provider=str(manifest.get("provider", "")),
-        precision=str(manifest.get("model", {}).get("precision", "")),
-        already_complete=True,
-    )
 
 
 def _graph(model_dir: Path, device: str, precision: str) -> tuple[str, str, str]:
@@ -275,124 +238,3 @@ def _device(job: RunJob, resources: dict) -> str:
     if job.device == "auto":
         return "cuda" if resources.get("GPU", 0) >= 1 and job.precision != "int8" else "cpu"
     return job.device
-
-
-def _pending_units(job: RunJob, parts_dir: Path, files, model_dir: Path) -> list[dict]:
-    """The read units still to score: all of them for a fresh run; for ``--resume``, those
-    whose rows the whole parts left by an interrupted run do not cover."""
-    import json
-
-    from scorer.io import atomic_write_text
-
-    card = ModelDir.open(model_dir).card
-    state = {
-        "inputs": [f.fingerprint() for f in files],
-        "model": {name: entry.get("sha256") for name, entry in sorted(card.graphs.items())},
-        "engine": "ray",
-    }
-    units = read_units(files)
-    saved_path = parts_dir / "state.json"
-    if job.resume and saved_path.is_file():
-        try:
-            saved = json.loads(saved_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise RuntimeError(f"cannot read {saved_path}: {exc}; the parts are kept") from exc
-        if saved != state:
-            raise UserError(
-                f"cannot resume into {job.out}: the input files or the model changed since the "
-                "interrupted run (rerun with --overwrite)"
-            )
-        covered = _covered_rows(parts_dir)
-        return [u for u in units if not covered[u["start"] : u["start"] + u["rows"]].all()]
-    for entry in parts_dir.iterdir():
-        if entry.name != "lock.pid":
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    atomic_write_text(saved_path, json.dumps(state, indent=1))
-    return units
-
-
-def _covered_rows(parts_dir: Path) -> np.ndarray:
-    """Which input rows whole parts already hold; broken parts are deleted (rewritten)."""
-    import re
-
-    import pyarrow.parquet as pq
-
-    pattern = re.compile(r"part-(\d{12})-(\d{12})\.parquet$")
-    spans = []
-    for path in parts_dir.iterdir():
-        match = pattern.match(path.name)
-        if not match:
-            continue
-        start, end = int(match.group(1)), int(match.group(2))
-        try:
-            whole = pq.ParquetFile(path).metadata.num_rows == end - start
-        except (pa.ArrowException, OSError):
-            whole = False
-        if whole:
-            spans.append((start, end))
-        else:
-            path.unlink()
-    size = max((end for _, end in spans), default=0)
-    covered = np.zeros(size + 1, dtype=bool)
-    for start, end in spans:
-        covered[start:end] = True
-    return covered
-
-
-def _lossy_in_parts(parts_dir: Path) -> int:
-    """Rows with invalid UTF-8, as each part recorded (resumed parts included)."""
-    import pyarrow.parquet as pq
-
-    from scorer.output import LOSSY_KEY
-
-    total = 0
-    for path in parts_dir.glob("part-*.parquet"):
-        metadata = pq.ParquetFile(path).schema_arrow.metadata or {}
-        total += int(metadata.get(LOSSY_KEY, b"0"))
-    return total
-
-
-def _publish(parts_dir: Path, out: Path, overwrite: bool) -> None:
-    """Rename the complete parts directory to ``out`` (while still holding its lock)."""
-    for name in ("state.json", "lock.pid"):
-        with contextlib.suppress(FileNotFoundError):
-            (parts_dir / name).unlink()
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} appeared while scoring; pass --overwrite")
-    from scorer.io import publish_dir
-
-    publish_dir(parts_dir, out)
-    fsync_dir(out.parent)
-
-
-def _manifest(job, out: Path, files, model_dir: Path, summary: RunSummary, sizing, graph):
-    import json
-
-    from scorer import __version__
-    from scorer.io import atomic_write_text
-
-    manifest = {
-        "scorer_version": __version__,
-        "engine": "ray",
-        "output": str(out.resolve()),
-        "inputs": [f.fingerprint() for f in files],
-        "model": {
-            "dir": str(Path(model_dir).resolve()),
-            "file": graph[0],
-            "sha256": graph[1],
-            "precision": graph[2],
-        },
-        "device": summary.device,
-        "provider": summary.provider,
-        "actors": sizing.actors,
-        "cpus_per_actor": sizing.cpus_per_actor,
-        "gpus_per_actor": sizing.gpus_per_actor,
-        "rows": summary.rows,
-        "resumed_rows": summary.resumed_rows,
-        "lossy_utf8_rows": summary.lossy_rows,
-        "seconds": summary.seconds,
-        "rows_per_s": summary.rows_per_s,
-        "pid": os.getpid(),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    atomic_write_text(manifest_path(out), json.dumps(manifest, indent=2) + "\n")
