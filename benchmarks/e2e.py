@@ -3,6 +3,7 @@
     python -m benchmarks.e2e --model-dir runs/bench/ref-packed --rows 100000 1000000
     python -m benchmarks.e2e --model-dir runs/bench/ref-packed --scaling 100000 1000000 8000000
     python -m benchmarks.e2e --model-dir runs/bench/ref-packed --rows 1000000 --host-only 1 2
+    python -m benchmarks.e2e --model-dir runs/bench/ref-packed --rows 1000000 --engine ray
 
 Each side runs as its own process (peak RSS is that process's, sampled every 20 ms), on the
 same corpus file, nothing cached or pre-tokenized; the two sides alternate.
@@ -33,23 +34,62 @@ def corpus(rows: int, reviews: Path = DEFAULT_REVIEWS) -> Path:
     return path
 
 
-def measure(command: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB, stdout) of a command run to completion."""
+def measure(command: list[str], tree: bool = False) -> tuple[float, float, str]:
+    """(wall seconds, peak memory in MB, stdout) of a command run to completion: the process's
+    RSS, or with ``tree`` the summed PSS of it and all its descendants (a local Ray instance's
+    GCS, raylet and workers; PSS so that shared memory is not counted once per process)."""
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     handle = psutil.Process(process.pid)
     peak = 0
     while process.poll() is None:
         try:
-            peak = max(peak, handle.memory_info().rss)
+            if tree:
+                members = [handle, *handle.children(recursive=True)]
+                peak = max(peak, sum(_pss(p) for p in members))
+            else:
+                peak = max(peak, handle.memory_info().rss)
         except psutil.Error:
-            break
-        time.sleep(0.02)
+            if not tree:
+                break
+        time.sleep(0.02 if not tree else 0.2)
     out, err = process.communicate()
     seconds = time.perf_counter() - start
     if process.returncode != 0:
         raise RuntimeError(f"{command[:4]} failed ({process.returncode}): {err[-2000:]}")
     return seconds, peak / 1e6, out
+
+
+def _pss(process: psutil.Process) -> int:
+    try:
+        return process.memory_full_info().pss
+    except (psutil.Error, AttributeError):
+        return 0
+
+
+def engines(model_dir: Path, rows: int, repeats: int) -> dict:
+    """The local engine against the Ray engine (a local Ray instance sized to this machine)
+    on the same rows, alternating; Ray's memory is its whole process tree's (PSS)."""
+    path = corpus(rows)
+    runs: dict[str, list] = {"local": [], "ray": []}
+    for _ in range(repeats):
+        for engine in ("local", "ray"):
+            out = WORK / f"engine-{engine}.parquet"
+            command = [sys.executable, "-m", "scorer", "run", str(path), "--model",
+                       str(model_dir), "--out", str(out), "--overwrite", "--quiet",
+                       "--engine", engine]  # fmt: skip
+            seconds, memory, _ = measure(command, tree=True)
+            runs[engine].append({"seconds": seconds, "peak_memory_mb": memory})
+    results = {}
+    for engine, items in runs.items():
+        seconds = median([r["seconds"] for r in items])
+        results[engine] = {
+            "reviews_per_s": rows / seconds,
+            "seconds": seconds,
+            "peak_memory_mb": max(r["peak_memory_mb"] for r in items),
+        }
+    results["ray_overhead"] = results["ray"]["seconds"] / results["local"]["seconds"]
+    return results
 
 
 def scorer_run(path: Path, model_dir: Path, extra: list[str] | None = None) -> dict[str, object]:
@@ -190,9 +230,26 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         metavar="WORKERS",
         help="read + tokenize + write with a no-op model, at each worker count (default 1 2)",
     )
+    parser.add_argument(
+        "--engine",
+        choices=["ray"],
+        default=None,
+        help="compare the local engine with the Ray engine on the last --rows",
+    )
     args = parser.parse_args(argv)
     extra = args.scorer_args.split()
     result: dict[str, object] = {"machine": machine(), "scorer_args": extra}
+    if args.engine == "ray":
+        rows = args.rows[-1] if args.rows else 1_000_000
+        result["engines"] = {"rows": rows, **engines(args.model_dir, rows, args.repeats)}
+        for name in ("local", "ray"):
+            r = result["engines"][name]
+            print(
+                f"{name:5s} engine, {rows:,} rows: {r['reviews_per_s']:9,.0f} reviews/s, "
+                f"peak memory (process tree, PSS) {r['peak_memory_mb']:6.0f} MB"
+            )
+        print(f"saved {save('engines', result)}")
+        return result
     if args.host_only is not None:
         rows = args.rows[-1] if args.rows else 1_000_000
         workers = args.host_only or [1, 2]
