@@ -94,6 +94,9 @@ class TrainConfig:
     expected_loss_weight: float = 0.0
     # The wide path's learning rate, as a multiple of lr (see train._param_groups).
     wide_lr_scale: float = 10.0
+    # The wide path's (decoupled) weight decay; None: weight_decay. Its n-gram tables
+    # memorize fast, and early stopping alone then stops the LSTM too soon.
+    wide_weight_decay: float | None = None
     label_smoothing: float = 0.0
     # Checkpoint averaging: the mean weights of this many epochs ending at the best one
     # (kept if better on validation); 1 keeps the best epoch's weights.

@@ -111,7 +111,8 @@ def _param_groups(model: ReviewLSTM, cfg: TrainConfig) -> list[dict]:
     deep = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
     groups = [{"params": deep, "lr": cfg.lr}]
     if wide:
-        groups.append({"params": wide, "lr": cfg.lr * cfg.wide_lr_scale})
+        decay = cfg.weight_decay if cfg.wide_weight_decay is None else cfg.wide_weight_decay
+        groups.append({"params": wide, "lr": cfg.lr * cfg.wide_lr_scale, "weight_decay": decay})
     return groups
 
 
