@@ -101,8 +101,9 @@ class TrainConfig:
     # Checkpoint averaging: the mean weights of this many epochs ending at the best one
     # (kept if better on validation); 1 keeps the best epoch's weights.
     average_epochs: int = 1
-    # At least this many optimizer steps: small data gets more epochs (presets.apply_min_steps).
-    min_steps: int = 0
+    # At least this many training examples seen: small data gets more epochs
+    # (presets.apply_min_samples).
+    min_samples: int = 0
     # Which of batch_size and lr the user left to presets (no flag, no --config key, no
     # --reference): once the device is known, its preset sets them (presets.batch_preset).
     from_preset: tuple[str, ...] = ()

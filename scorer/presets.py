@@ -160,14 +160,14 @@ def apply_batch_preset(train: TrainConfig, device_type: str) -> TrainConfig:
     return replace(train, batch_size=batch_size, lr=lr, batch_source=source)
 
 
-def apply_min_steps(train: TrainConfig, train_rows: int) -> TrainConfig:
-    """More epochs for small data: at least ``min_steps`` optimizer steps (up to
-    ``MAX_EPOCHS``). A few thousand reviews in batches of 128 make 30 steps an epoch, and 8
-    epochs of that leave an LSTM barely past the majority class; early stopping on the
-    validation loss still ends training when more steps stop helping."""
-    if not train.min_steps:
+def apply_min_samples(train: TrainConfig, train_rows: int) -> TrainConfig:
+    """More epochs for small data: at least ``min_samples`` training examples seen (up to
+    ``MAX_EPOCHS`` epochs). A few thousand reviews make 30 batches an epoch, and 8 epochs of
+    that leave an LSTM barely past the majority class; early stopping on the validation loss
+    still ends training when more epochs stop helping. Counted in examples, not steps, so a
+    larger batch (the CUDA preset) does not multiply the epochs."""
+    if not train.min_samples or train_rows < 1:
         return train
-    steps_per_epoch = max(1, -(-train_rows // train.batch_size))
-    needed = -(-train.min_steps // steps_per_epoch)
+    needed = -(-train.min_samples // train_rows)
     epochs = min(max(train.epochs, needed), max(train.epochs, MAX_EPOCHS))
     return replace(train, epochs=epochs)

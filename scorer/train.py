@@ -19,7 +19,7 @@ from scorer.fit import Objective, fit, predict
 from scorer.metrics import Metrics, rating_metrics
 from scorer.model import ReviewLSTM, load_vectors
 from scorer.model_dir import ModelDir, prepare_output
-from scorer.presets import apply_batch_preset, apply_min_steps
+from scorer.presets import apply_batch_preset, apply_min_samples
 from scorer.text import row_hashes
 from scorer.train_data import (
     padding_stats,
@@ -96,7 +96,7 @@ def train_model(job: TrainJob) -> TrainResult:
         )
     if len(rows["val"]) == 0:
         raise UserError("no validation rows: the split needs 'val' rows for early stopping")
-    cfg = apply_min_steps(cfg, len(rows["train"]))
+    cfg = apply_min_samples(cfg, len(rows["train"]))
     print(
         f"training on {runtime.device}, {runtime.precision.line()}, {threads} CPU threads; "
         f"batch {cfg.batch_size}, lr {cfg.lr:g} ({cfg.batch_source}), {cfg.epochs} epochs at most",

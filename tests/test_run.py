@@ -222,7 +222,9 @@ def test_missing_text_column_lists_columns_and_writes_nothing(tmp_path, model, c
     out = tmp_path / "o.parquet"
     assert _cli(model, source, out) == 1
     err = capsys.readouterr().err
-    assert "no column 'Title', 'Review Text' in the input; its string columns are 'comment', " in err
+    assert (
+        "no column 'Title', 'Review Text' in the input; its string columns are 'comment', " in err
+    )
     assert "--text-col comment" in err
     assert err.count("\n") == 1 and not out.exists() and not partial_dir(out).exists()
 

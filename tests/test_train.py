@@ -395,21 +395,22 @@ def test_eval_warns_when_it_sees_the_training_rows(tmp_path, reviews, capsys) ->
 
 
 @pytest.mark.parametrize(
-    ("rows", "batch", "epochs", "min_steps", "want"),
+    ("rows", "batch", "epochs", "min_samples", "want"),
     [
-        (18_800, 128, 8, 1200, 9),  # the reference reviews: one more epoch
-        (3_900, 128, 8, 1200, 39),  # a few thousand reviews: many more
-        (100, 128, 8, 1200, 40),  # capped
+        (18_800, 128, 8, 150_000, 8),  # the reference reviews: as many as before
+        (3_900, 128, 8, 150_000, 39),  # a few thousand reviews: many more
+        (3_900, 1024, 8, 150_000, 39),  # counted in examples: a large batch alike
+        (100, 128, 8, 150_000, 40),  # capped
         (3_900, 128, 8, 0, 8),  # off
-        (3_900, 128, 50, 1200, 50),  # never fewer than asked for
+        (3_900, 128, 50, 150_000, 50),  # never fewer than asked for
     ],
 )
-def test_min_steps_gives_small_data_more_epochs(rows, batch, epochs, min_steps, want) -> None:
+def test_min_samples_gives_small_data_more_epochs(rows, batch, epochs, min_samples, want):
     from scorer.config import TrainConfig
-    from scorer.presets import apply_min_steps
+    from scorer.presets import apply_min_samples
 
-    train = TrainConfig(epochs=epochs, batch_size=batch, min_steps=min_steps)
-    assert apply_min_steps(train, rows).epochs == want
+    train = TrainConfig(epochs=epochs, batch_size=batch, min_samples=min_samples)
+    assert apply_min_samples(train, rows).epochs == want
 
 
 def test_the_wide_path_learns_and_exports_exactly(tmp_path, reviews) -> None:
