@@ -31,6 +31,9 @@ class TokenizerConfig:
     # Of a review longer than max_len, the last ``tail`` tokens are kept after the first
     # ``max_len - tail``: a long review's verdict is often at its end. 0: the head only.
     tail: int = 0
+    # Set max_len (at most the one given) and tail from the training reviews' lengths
+    # (presets.fit_lengths); the model's config.json holds the values chosen.
+    fit_length: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.tail <= self.max_len:

@@ -171,3 +171,24 @@ def apply_min_samples(train: TrainConfig, train_rows: int) -> TrainConfig:
     needed = -(-train.min_samples // train_rows)
     epochs = min(max(train.epochs, needed), max(train.epochs, MAX_EPOCHS))
     return replace(train, epochs=epochs)
+
+
+FIT_QUANTILE = 0.95  # of the training reviews' token counts
+MIN_FIT_LEN = 64
+
+
+def fit_lengths(tokenizer: TokenizerConfig, texts) -> TokenizerConfig:
+    """With ``fit_length``, ``max_len`` follows the training reviews: their 95th-percentile
+    token count, rounded up to a multiple of 8, between 64 and the given ``max_len``; and a
+    quarter of it goes to the tail. Short reviews then cost no padding budget, and long
+    ones keep their head and their verdict."""
+    if not tokenizer.fit_length:
+        return tokenizer
+    import numpy as np
+
+    from scorer.text import token_strings
+
+    counts, _ = token_strings(texts, keep_whitespace=tokenizer.keep_whitespace)
+    quantile = float(np.quantile(counts, FIT_QUANTILE)) if len(counts) else 0.0
+    fitted = int(min(tokenizer.max_len, max(MIN_FIT_LEN, -(-int(quantile) // 8) * 8)))
+    return replace(tokenizer, max_len=fitted, tail=fitted // 4, fit_length=False)

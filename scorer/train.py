@@ -19,7 +19,7 @@ from scorer.fit import Objective, fit, predict
 from scorer.metrics import Metrics, rating_metrics
 from scorer.model import ReviewLSTM, load_vectors
 from scorer.model_dir import ModelDir, prepare_output
-from scorer.presets import apply_batch_preset, apply_min_samples
+from scorer.presets import apply_batch_preset, apply_min_samples, fit_lengths
 from scorer.text import row_hashes
 from scorer.train_data import (
     padding_stats,
@@ -104,7 +104,7 @@ def train_model(job: TrainJob) -> TrainResult:
         flush=True,
     )
 
-    tok = job.tokenizer
+    tok = fit_lengths(job.tokenizer, texts.gather(rows["train"]))
     vocab = Vocab.build(
         texts.gather(rows["train"]), min_count=tok.min_count, keep_whitespace=tok.keep_whitespace
     )
