@@ -96,7 +96,7 @@ class TrainConfig:
     threads: int | None = None
     expected_loss_weight: float = 0.0
     # The wide path's learning rate, as a multiple of lr (see train._param_groups).
-    wide_lr_scale: float = 10.0
+    wide_lr_scale: float = 3.0
     # The wide path's (decoupled) weight decay; None: weight_decay. Its n-gram tables
     # memorize fast, and early stopping alone then stops the LSTM too soon.
     wide_weight_decay: float | None = None
@@ -107,6 +107,12 @@ class TrainConfig:
     # At least this many training examples seen: small data gets more epochs
     # (presets.apply_min_samples).
     min_samples: int = 0
+    # Seconds for training: within them, a search on validation tries the variants of
+    # presets.SEARCH_VARIANTS after the default and keeps the lowest validation NLL.
+    # 0: train the default only.
+    budget: float = 0.0
+    # Which search variant this config is ("" for the default).
+    search_variant: str = ""
     # Which of batch_size and lr the user left to presets (no flag, no --config key, no
     # --reference): once the device is known, its preset sets them (presets.batch_preset).
     from_preset: tuple[str, ...] = ()

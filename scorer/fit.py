@@ -28,6 +28,7 @@ class Prediction:
     expected: np.ndarray
     pred_index: np.ndarray
     loss: float
+    nll: float = 0.0  # cross-entropy (regression: squared error), whatever the objective
 
 
 @dataclass(frozen=True)
@@ -82,24 +83,32 @@ def predict(
     expected = torch.zeros(n, dtype=torch.float64, device=device)
     pred_index = torch.zeros(n, dtype=torch.float64, device=device)
     loss_sum = torch.zeros(1, dtype=torch.float64, device=device)
+    nll_sum = torch.zeros(1, dtype=torch.float64, device=device)
     for start in range(0, n, batch_size):
         rows = order[start : start + batch_size]
         batch = make_batch(data, rows, not model.config.packed, device)
         output = _forward(model, batch, runtime).float()
         loss_sum += objective(output, batch.target).double() * len(rows)
         if model.config.regression:
+            nll = nn.functional.mse_loss(output, batch.target[:, 1], reduction="sum")
+        else:
+            nll = nn.functional.cross_entropy(output, batch.target[:, 0].long(), reduction="sum")
+        nll_sum += nll.double()
+        if model.config.regression:
             value = output.clamp(min(labels), max(labels))
         else:
             value = torch.softmax(output, dim=1) @ values
             pred_index[batch.index] = output.argmax(dim=1).double()
         expected[batch.index] = value.double()
-    host = torch.cat([expected, pred_index, loss_sum]).cpu().numpy()
+    host = torch.cat([expected, pred_index, loss_sum, nll_sum]).cpu().numpy()
     expected_np = host[:n]
     if model.config.regression:
         pred_np = nearest_label(expected_np, labels)
     else:
         pred_np = host[n : 2 * n].astype(np.int64)
-    return Prediction(expected_np, pred_np, float(host[-1]) / max(n, 1))
+    return Prediction(
+        expected_np, pred_np, float(host[-2]) / max(n, 1), float(host[-1]) / max(n, 1)
+    )
 
 
 def _param_groups(model: ReviewLSTM, cfg: TrainConfig) -> list[dict]:

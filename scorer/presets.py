@@ -192,3 +192,23 @@ def fit_lengths(tokenizer: TokenizerConfig, texts) -> TokenizerConfig:
     quantile = float(np.quantile(counts, FIT_QUANTILE)) if len(counts) else 0.0
     fitted = int(min(tokenizer.max_len, max(MIN_FIT_LEN, -(-int(quantile) // 8) * 8)))
     return replace(tokenizer, max_len=fitted, tail=fitted // 4, fit_length=False)
+
+
+# What the search on validation tries after the default, while the time budget allows: the
+# wide path learning faster (small data leans more on its n-grams).
+SEARCH_VARIANTS: tuple[dict[str, Any], ...] = ({"wide_lr_scale": 10.0},)
+
+
+def search_candidates(train: TrainConfig) -> list[TrainConfig]:
+    """The default, then each variant of SEARCH_VARIANTS (only with a budget)."""
+    candidates = [train]
+    if train.budget:
+        for variant in SEARCH_VARIANTS:
+            label = ", ".join(f"{k}={v}" for k, v in variant.items())
+            candidates.append(replace(train, **variant, search_variant=label))
+    return candidates
+
+
+def fits_budget(budget: float, elapsed: float, first_run: float) -> bool:
+    """Whether one more candidate, taking about as long as the first, ends within budget."""
+    return bool(budget) and elapsed + 1.1 * first_run <= budget

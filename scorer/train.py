@@ -19,7 +19,13 @@ from scorer.fit import Objective, fit, predict
 from scorer.metrics import Metrics, rating_metrics
 from scorer.model import ReviewLSTM, load_vectors
 from scorer.model_dir import ModelDir, prepare_output
-from scorer.presets import apply_batch_preset, apply_min_samples, fit_lengths
+from scorer.presets import (
+    apply_batch_preset,
+    apply_min_samples,
+    fit_lengths,
+    fits_budget,
+    search_candidates,
+)
 from scorer.text import row_hashes
 from scorer.train_data import (
     padding_stats,
@@ -114,25 +120,26 @@ def train_model(job: TrainJob) -> TrainResult:
         for name, r in rows.items()
         if len(r)
     }
-    model = ReviewLSTM(model_cfg)
-    if job.vectors is not None:
-        matrix = load_vectors(job.vectors, vocab.tokens, model_cfg.embedding_dim, cfg.seed)
-        model.embedding.weight.data.copy_(torch.from_numpy(matrix))
-    if model_cfg.regression:
-        # Start at the mean training rating rather than 0, so early steps learn signal.
-        mean_rating = float(np.asarray(labels.values)[labels.index[rows["train"]]].mean())
-        with torch.no_grad():
-            model.head.bias.fill_(mean_rating)
-    model.to(runtime.device)
-
-    objective = Objective(
-        model_cfg,
-        torch.tensor(labels.values, dtype=torch.float32, device=runtime.device),
-        cfg.expected_loss_weight,
-        cfg.label_smoothing,
-    )
-    history, best_state, best_epoch = fit(model, sets, labels.values, cfg, runtime, objective)
-    model.load_state_dict(best_state)
+    trials = []
+    for candidate in search_candidates(cfg):
+        elapsed = time.perf_counter() - start
+        if trials and not fits_budget(cfg.budget, elapsed, trials[0]["seconds"]):
+            break
+        began = time.perf_counter()
+        trial = _train_candidate(job, candidate, model_cfg, vocab, sets, labels, rows, runtime)
+        trial["seconds"] = time.perf_counter() - began
+        trials.append(trial)
+    chosen = min(trials, key=lambda t: t["val_nll"])
+    if len(trials) > 1:
+        print(
+            "search on validation: "
+            + ", ".join(f"{t['variant'] or 'default'} nll {t['val_nll']:.4f}" for t in trials)
+            + f"; kept {chosen['variant'] or 'default'}",
+            file=sys.stderr,
+            flush=True,
+        )
+    model, cfg, objective = chosen["model"], chosen["cfg"], chosen["objective"]
+    history, best_epoch = chosen["history"], chosen["best_epoch"]
     val_pred = predict(model, sets["val"], labels.values, runtime, objective)
     val = rating_metrics(
         sets["val"].label_index, val_pred.pred_index, val_pred.expected, labels.values
@@ -165,9 +172,46 @@ def train_model(job: TrainJob) -> TrainResult:
             "threads": threads,
             "padding_fraction": padding_stats(sets["train"].host_lengths, cfg.batch_size, cfg.seed),
             "rows": {name: len(r) for name, r in rows.items()},
+            "search": [
+                {k: t[k] for k in ("variant", "val_nll", "best_epoch", "seconds")} for t in trials
+            ],
         },
         overwrite=job.overwrite,
         training=training_fingerprint(job.data, job.split_file, rows),
         fingerprint=row_hashes(texts.gather(rows["train"])),
     )
     return TrainResult(model_dir, val, test, best_epoch, seconds)
+
+
+def _train_candidate(job, cfg, model_cfg, vocab, sets, labels, rows, runtime) -> dict:
+    """One model trained with ``cfg``: its best weights, and its validation NLL (the search's
+    criterion: each candidate's own objective may weigh terms differently)."""
+    seed_everything(cfg.seed)
+    model = ReviewLSTM(model_cfg)
+    if job.vectors is not None:
+        matrix = load_vectors(job.vectors, vocab.tokens, model_cfg.embedding_dim, cfg.seed)
+        model.embedding.weight.data.copy_(torch.from_numpy(matrix))
+    if model_cfg.regression:
+        # Start at the mean training rating rather than 0, so early steps learn signal.
+        mean_rating = float(np.asarray(labels.values)[labels.index[rows["train"]]].mean())
+        with torch.no_grad():
+            model.head.bias.fill_(mean_rating)
+    model.to(runtime.device)
+    objective = Objective(
+        model_cfg,
+        torch.tensor(labels.values, dtype=torch.float32, device=runtime.device),
+        cfg.expected_loss_weight,
+        cfg.label_smoothing,
+    )
+    history, best_state, best_epoch = fit(model, sets, labels.values, cfg, runtime, objective)
+    model.load_state_dict(best_state)
+    prediction = predict(model, sets["val"], labels.values, runtime, objective)
+    return {
+        "model": model,
+        "cfg": cfg,
+        "objective": objective,
+        "history": history,
+        "best_epoch": best_epoch,
+        "val_nll": prediction.nll,
+        "variant": cfg.search_variant,
+    }

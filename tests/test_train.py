@@ -445,3 +445,26 @@ def test_checkpoint_averaging_is_kept_only_when_better(monkeypatch, averaged_los
 def test_checkpoint_averaging_runs_in_training(tmp_path, reviews, capsys) -> None:
     train_model(job(tmp_path, reviews, epochs=4, patience=4, average_epochs=3))
     assert "averaged the last" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("budget", "trials"), [(0, 1), (3600, 2)])
+def test_the_search_on_validation_keeps_the_lowest_val_nll(tmp_path, reviews, budget, trials):
+    result = train_model(
+        job(tmp_path, reviews, epochs=2, wide_buckets=256, wide_lr_scale=3.0, budget=budget)
+    )
+    metrics = json.loads((result.model_dir.path / "metrics.json").read_text())
+    search = metrics["search"]
+    assert len(search) == trials
+    chosen = min(search, key=lambda t: t["val_nll"])
+    card = ModelCard.load(result.model_dir.path / "config.json")
+    assert card.train.search_variant == chosen["variant"]
+    assert (card.train.wide_lr_scale == 10.0) == (chosen["variant"] == "wide_lr_scale=10.0")
+    if trials == 2:
+        assert [t["variant"] for t in search] == ["", "wide_lr_scale=10.0"]
+
+
+def test_a_budget_too_small_for_a_second_trial_stops_after_the_first() -> None:
+    from scorer.presets import fits_budget
+
+    assert fits_budget(600, 100, 200) and not fits_budget(600, 400, 200)
+    assert not fits_budget(0, 0, 1)
