@@ -143,6 +143,13 @@ def train_command(
         int | None,
         typer.Option(help="Average the weights of this many epochs ending at the best one."),
     ] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds: within them, also try the preset's variants and keep the one with "
+            "the lowest validation NLL (0: the default only)."
+        ),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda.")] = None,
     precision: Annotated[
         str | None,
