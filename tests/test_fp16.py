@@ -252,6 +252,7 @@ def trained(tmp_path_factory):
                 "lr": 1e-2,
                 "patience": 2,
                 "threads": 1,
+                "budget": 0,
             }
         )
         out = root / name
