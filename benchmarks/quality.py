@@ -163,10 +163,13 @@ def data_quality(args) -> dict[str, object]:
         split = splits[i] if i < len(splits) else (DEFAULT_SPLIT if reference else None)
         text = tuple(args.text_col or (DEFAULT_TEXT_COLUMNS if reference else ("text",)))
         label = args.label_col or ("Rating" if reference else "rating")
-        results.append(dataset_quality(name, data, text, label, split, args.seeds, WORK))
+        options = {"threads": args.threads} if args.threads else None
+        results.append(dataset_quality(name, data, text, label, split, args.seeds, WORK, options))
     table = markdown(results)
     print(table)
-    path = save("quality-data", {"machine": machine(), "seeds": args.seeds, "datasets": results})
+    names = "-".join(r["name"] for r in results)
+    payload = {"machine": machine(), "seeds": args.seeds, "datasets": results}
+    path = save(f"quality-{names}", payload)
     path.with_suffix(".md").write_text(table)
     print(f"saved {path}")
     return {"datasets": results}
@@ -185,6 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--split-file", type=Path, nargs="*", default=None)
     parser.add_argument("--name", nargs="*", default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per training")
     parser.add_argument(
         "--parity-only",
         nargs="*",
