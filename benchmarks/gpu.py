@@ -103,7 +103,9 @@ def step_training(skip: str | None, epochs: int) -> dict:
 
     results = {}
     for precision in ("fp32", "fp16"):
-        model, tok, train = resolve({"epochs": epochs, "device": "cuda", "precision": precision})
+        model, tok, train = resolve(
+            {"epochs": epochs, "device": "cuda", "precision": precision, "budget": 0}
+        )
         result = train_model(
             TrainJob(DEFAULT_REVIEWS, WORK / f"gpu-{precision}", model, tok, train,
                      DEFAULT_TEXT_COLUMNS, split_file=DEFAULT_SPLIT, overwrite=True)
