@@ -63,3 +63,13 @@ def test_console_script_exit_codes(tmp_path) -> None:
         [sys.executable, "-m", "scorer", "vocab"], capture_output=True, text=True
     )
     assert usage.returncode == 1 and "Missing argument" in usage.stderr
+
+
+def test_the_exporter_installs_as_scorer_export_and_no_top_level_export(tmp_path) -> None:
+    """From any directory: scorer.export imports, a top-level `export` package does not exist
+    (it would clash with any other distribution's `export`)."""
+    code = (
+        "import importlib.util, scorer.export.onnx_export;"
+        "assert importlib.util.find_spec('export') is None"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
