@@ -151,6 +151,26 @@ def onnx_parity(model_dir: Path) -> dict[str, object]:
     }
 
 
+def merge_results(args) -> dict[str, object]:
+    """--merge FILES --name A B ...: dataset A's runs from every file that has it, and so on."""
+    import json
+
+    from benchmarks.quality_data import markdown, merge
+
+    loaded = [json.loads(path.read_text()) for path in args.merge]
+    results = []
+    for name in args.name:
+        parts = [d for doc in loaded for d in doc["datasets"] if d["name"].split("-s")[0] == name]
+        results.append(merge(parts, name))
+    table = markdown(results)
+    print(table)
+    payload = {"machine": loaded[0]["machine"], "merged_from": [p.name for p in args.merge]}
+    path = save(f"quality-{'-'.join(args.name)}", {**payload, "datasets": results})
+    path.with_suffix(".md").write_text(table)
+    print(f"saved {path}")
+    return {"datasets": results}
+
+
 def data_quality(args) -> dict[str, object]:
     """--data mode: each file's default model over seeds against the baseline."""
     from benchmarks.quality_data import dataset_quality, markdown
@@ -190,6 +210,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=None, help="torch threads per training")
     parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="*",
+        default=None,
+        help="combine these results files (per-seed runs of datasets) into one, by --name",
+    )
+    parser.add_argument(
         "--parity-only",
         nargs="*",
         type=Path,
@@ -198,6 +225,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     )
     args = parser.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        return merge_results(args)
     if args.data:
         return data_quality(args)
     if args.parity_only is not None:

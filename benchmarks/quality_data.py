@@ -136,3 +136,21 @@ def markdown(results: Sequence[dict]) -> str:
             f"{m['train_seconds']['mean']:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def merge(parts: Sequence[dict], name: str) -> dict:
+    """One dataset's result from runs made separately (one seed each, in parallel)."""
+    first = parts[0]
+    runs = sorted((r for p in parts for r in p["model"]["runs"]), key=lambda r: r["seed"])
+    summary = summarize(runs)
+    baseline = first["baseline"]
+    return {
+        **{k: v for k, v in first.items() if k not in ("model", "baseline", "beats_baseline")},
+        "name": name,
+        "baseline": baseline,
+        "model": {"runs": runs, "mean": summary},
+        "beats_baseline": {
+            "accuracy": summary["accuracy"]["mean"] >= baseline["test"]["accuracy"],
+            "rmse_expected": summary["rmse_expected"]["mean"] <= baseline["test"]["rmse_expected"],
+        },
+    }
