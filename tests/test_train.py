@@ -195,9 +195,9 @@ def test_training_steps_never_read_tensors_on_the_host(
 @pytest.mark.parametrize(
     ("device", "given", "expected"),
     [
-        ("cuda", {}, (1024, 6e-3, "cuda preset")),
+        ("cuda", {}, (512, 6e-3, "cuda preset")),
         ("cuda", {"batch_size": 256}, (256, 6e-3, "batch_size given; lr from cuda preset")),
-        ("cuda", {"lr": 1e-3}, (1024, 1e-3, "lr given; batch_size from cuda preset")),
+        ("cuda", {"lr": 1e-3}, (512, 1e-3, "lr given; batch_size from cuda preset")),
         ("cuda", {"batch_size": 64, "lr": 1e-2}, (64, 1e-2, "given")),
         ("cpu", {}, (128, 3e-3, "default")),
         ("cpu", {"lr": 1e-3}, (128, 1e-3, "lr given; batch_size from default")),
@@ -209,7 +209,7 @@ def test_batch_preset(device, given, expected) -> None:
 
 
 def test_cuda_preset_values_are_the_documented_ones() -> None:
-    assert CUDA_DEFAULT == {"batch_size": 1024, "lr": 6e-3}
+    assert CUDA_DEFAULT == {"batch_size": 512, "lr": 6e-3}
 
 
 def test_resolve_knows_what_the_user_set(tmp_path) -> None:
