@@ -57,12 +57,23 @@ def naive_export(model, path: Path, batch: int, width: int) -> None:
     plain = ReviewLSTM(dataclasses.replace(model.config, packed=False))
     plain.load_state_dict(model.state_dict())
     plain.eval()
+
+    class TwoInputs(torch.nn.Module):
+        # The legacy exporter fills every parameter of forward() from its signature, the
+        # keyword-only ones included, and then passes them positionally.
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = plain
+
+        def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            return self.inner(ids, lengths)
+
     ids = torch.ones((batch, width), dtype=torch.int64)
     lengths = torch.full((batch,), width, dtype=torch.int64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            plain,
+            TwoInputs(),
             (ids, lengths),
             str(path),
             input_names=["input_ids", "lengths"],

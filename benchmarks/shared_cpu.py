@@ -1,10 +1,12 @@
 """Training on a shared machine: batches/s of `scorer train` alone and beside another CPU job,
 for thread counts and OpenMP wait policies.
 
-    python -m benchmarks.shared_cpu [--epochs 1]
+    python -m benchmarks.shared_cpu [--epochs 1] [--other busy|torch]
 
-Each case is its own process training the reference-size model for one epoch; the other job
-is a busy loop on one core, started before and stopped after. OpenMP's spin-waiting threads
+Each case is its own process training the reference-size model for one epoch; the other job,
+started before and stopped after, is a busy loop on one core (``busy``) or another
+multi-threaded PyTorch job on every core (``torch``: small matrix products in a loop, as a
+second training would run). OpenMP's spin-waiting threads
 (``OMP_WAIT_POLICY=ACTIVE``, libgomp's default for a while after each parallel region) burn
 the core the other job needs, and are then descheduled at the worst moments.
 """
@@ -20,7 +22,12 @@ import time
 
 from benchmarks.common import DEFAULT_REVIEWS, DEFAULT_SPLIT, REPO, machine, save
 
-BUSY = "while True: pass"
+OTHER_JOBS = {
+    "busy": "while True: pass",
+    "torch": (
+        "import torch\na = torch.randn(128, 512)\nb = torch.randn(512, 512)\nwhile True: a @ b"
+    ),
+}
 
 
 def train_once(threads: int, policy: str | None, epochs: int) -> dict:
@@ -45,11 +52,18 @@ def train_once(threads: int, policy: str | None, epochs: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--other", choices=sorted(OTHER_JOBS), default="busy")
     args = parser.parse_args(argv)
     cases = [(t, p) for t in (2, 1) for p in (None, "PASSIVE")]
-    results: dict = {"machine": machine(), "cases": []}
+    results: dict = {"machine": machine(), "other_job": OTHER_JOBS[args.other], "cases": []}
     for busy in (False, True):
-        other = subprocess.Popen([sys.executable, "-c", BUSY]) if busy else None
+        # The other job keeps its libraries' default threading, as an unrelated job would.
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        other = (
+            subprocess.Popen([sys.executable, "-c", OTHER_JOBS[args.other]], env=env)
+            if busy
+            else None
+        )
         try:
             for threads, policy in cases:
                 run = train_once(threads, policy, args.epochs)
@@ -60,7 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
             if other is not None:
                 other.kill()
                 other.wait()
-    print(f"saved {save('shared-cpu', results)}")
+    name = "shared-cpu" if args.other == "busy" else f"shared-cpu-{args.other}"
+    print(f"saved {save(name, results)}")
     return results
 
 

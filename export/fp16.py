@@ -37,7 +37,13 @@ import numpy as np
 
 from scorer.config import ModelCard
 from scorer.contract import META_PRECISION
-from scorer.export.validate import BATCHES, length_cases, make_batch, torch_outputs
+from scorer.export.validate import (
+    BATCHES,
+    Agreement,
+    length_cases,
+    make_batch,
+    torch_outputs,
+)
 
 # fp16 graph vs PyTorch fp32 over the full grid (reference evaluator, worst |probs diff|):
 # random-weight variants 6e-4..2.9e-3 (fp32 accumulation) / 9e-4..4.9e-3 (fp16 accumulation);
@@ -420,7 +426,7 @@ def run_reference(
 
 
 @dataclass(frozen=True)
-class Fp16Report:
+class Fp16Report(Agreement):
     """Like ``validate.ValidationReport``, plus the expected-rating diff and the rows."""
 
     cases: int
@@ -436,18 +442,9 @@ class Fp16Report:
     failures: list[str] = field(default_factory=list)
     provider: str = REFERENCE_PROVIDER
 
-    @property
-    def agreement(self) -> float:
-        return 1.0 - self.argmax_mismatches / max(self.rows, 1)
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
     def line(self) -> str:
-        verdict = "passed" if self.passed else "FAILED"
         return (
-            f"fp16 validation {verdict} on {self.provider}: {self.cases} shape cases, "
+            f"fp16 validation {self.verdict} on {self.provider}: {self.cases} shape cases, "
             f"{self.rows} rows, worst |probs diff| {self.worst_diff:.2e} ({self.worst_case}), "
             f"worst |expected diff| {self.worst_expected_diff:.2e}, argmax agreement "
             f"{self.agreement:.2%} (tolerances {self.tolerance:g} / {self.expected_tolerance:g}"

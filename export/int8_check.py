@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from scorer.config import ModelCard
-from scorer.export.validate import BATCHES, length_cases, make_batch
+from scorer.export.validate import BATCHES, Agreement, length_cases, make_batch
 
 MIN_AGREEMENT = 0.97  # fraction of rows whose argmax (predicted label) agrees
 MAX_P99_EXPECTED_DIFF = 0.15  # rating units, 99th percentile over rows
@@ -35,7 +35,7 @@ MAX_MEAN_EXPECTED_DIFF = 0.05  # rating units, mean over rows
 
 
 @dataclass(frozen=True)
-class Int8Report:
+class Int8Report(Agreement):
     cases: int
     rows: int
     argmax_mismatches: int
@@ -48,18 +48,9 @@ class Int8Report:
     max_mean_expected_diff: float = MAX_MEAN_EXPECTED_DIFF
     failures: list[str] = field(default_factory=list)
 
-    @property
-    def agreement(self) -> float:
-        return 1.0 - self.argmax_mismatches / max(self.rows, 1)
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
     def line(self) -> str:
-        verdict = "passed" if self.passed else "FAILED"
         return (
-            f"int8 check {verdict}: {self.cases} shape cases, {self.rows} rows, argmax "
+            f"int8 check {self.verdict}: {self.cases} shape cases, {self.rows} rows, argmax "
             f"agreement {self.agreement:.2%} (bar {self.min_agreement:.0%}), |expected diff| "
             f"p99 {self.p99_expected_diff:.3f} (bar {self.max_p99_expected_diff:g}), mean "
             f"{self.mean_expected_diff:.4f} (bar {self.max_mean_expected_diff:g}), worst "

@@ -13,8 +13,33 @@ BATCHES = (1, 3, 64, 1000)
 TOLERANCE = 1e-4
 
 
+class Verdict:
+    """What every export check's report shares: it passes when it records no failure."""
+
+    failures: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def verdict(self) -> str:
+        return "passed" if self.passed else "FAILED"
+
+
+class Agreement(Verdict):
+    """A check against a reference graph, counted in rows whose argmax differs."""
+
+    rows: int
+    argmax_mismatches: int
+
+    @property
+    def agreement(self) -> float:
+        return 1.0 - self.argmax_mismatches / max(self.rows, 1)
+
+
 @dataclass(frozen=True)
-class ValidationReport:
+class ValidationReport(Verdict):
     cases: int
     worst_diff: float
     worst_case: str
@@ -23,14 +48,9 @@ class ValidationReport:
     failures: list[str] = field(default_factory=list)
     provider: str = "CPUExecutionProvider"
 
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
     def line(self) -> str:
-        verdict = "passed" if self.passed else "FAILED"
         return (
-            f"validation {verdict} on {self.provider}: {self.cases} shape cases, worst "
+            f"validation {self.verdict} on {self.provider}: {self.cases} shape cases, worst "
             f"|probs diff| {self.worst_diff:.2e} ({self.worst_case}), "
             f"{self.argmax_mismatches} argmax differences (tolerance {self.tolerance:g})"
         )

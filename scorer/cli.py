@@ -7,7 +7,9 @@ resumable); 130 interrupted.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Annotated
@@ -355,6 +357,10 @@ _TRAIN_NON_OPTIONS = {
 }
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit code (and exits with it when run as a script).
 
@@ -362,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     internal error: it keeps its traceback and exits INTERNAL (or IO_ERROR for an operating
     system error such as a full disk), and a partial output stays resumable.
     """
+    if argv is None and threading.current_thread() is threading.main_thread():
+        # Schedulers stop jobs with SIGTERM: treat it as Ctrl-C, so the run ends cleanly
+        # with its partial output resumable rather than dying between two writes.
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(args=argv, standalone_mode=False)
     except TyperException as exc:  # usage errors: Typer's own click exceptions

@@ -54,3 +54,13 @@ def test_host_only_run_scores_nothing_and_writes_everything(
             "tokenize",
             "write",
         }
+
+
+def test_model_benchmark_measures_every_graph_of_a_wide_model(tmp_path) -> None:
+    from benchmarks import model as model_bench
+
+    directory = make_model_dir(tmp_path / "wide", variant="packed", wide_buckets=64)
+    result = model_bench.run(directory.path, [8], 12, repeats=1)
+    rates = result["reviews_per_s"]["8"]
+    assert {model_bench.NAIVE, model_bench.SCORER, "torch eager"} <= set(rates)
+    assert all(rate > 0 for rate in rates.values())

@@ -159,7 +159,7 @@ def big_reviews(tmp_path_factory):
     return write_reviews(tmp_path_factory.mktemp("big") / "big.parquet", n=60_000, seed=2)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_interrupted_run_resumes_to_identical_bytes(tmp_path, model, big_reviews, sig) -> None:
     want = tmp_path / "want.parquet"
     subprocess.run(_scorer_cmd(model, big_reviews, want), check=True)
@@ -169,7 +169,7 @@ def test_interrupted_run_resumes_to_identical_bytes(tmp_path, model, big_reviews
     os.kill(process.pid, sig)
     _, err = process.communicate(timeout=60)
     assert not out.exists()  # nothing that looks finished
-    if sig == signal.SIGINT:
+    if sig in (signal.SIGINT, signal.SIGTERM):
         assert process.returncode == 130 and b"interrupted" in err
         assert b"Traceback" not in err
     done = subprocess.run(_scorer_cmd(model, big_reviews, out, "--resume"), capture_output=True)
