@@ -3,8 +3,10 @@
 #   make test   lint + the test suite
 # and one rebuilds the model shipped in the package:
 #   make model  the bundled default model (scorer/default_model), same bytes on the same CPU
-# Both create .venv and install what they need. The CPU torch build is installed first so the
-# `train` extra never pulls a CUDA build; override TORCH for another build.
+# Both create .venv and install what they need. torch is installed first, pinned, so the
+# `train` extra never pulls another build; TORCH holds pip arguments, e.g.
+# TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" on a host whose pip
+# does not already find the CPU build.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
@@ -15,7 +17,7 @@ TEXT_COLS ?= --text-col Title --text-col "Review Text"
 LABEL ?= Rating
 WORK ?= runs/demo
 # Extra `scorer train` options; e.g. TRAIN_ARGS="--reference --variant packed" for the
-# reference recipe's small model (about 3 minutes instead of about 9).
+# reference recipe's small model instead (a fraction of the time).
 TRAIN_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(ORT)
@@ -24,7 +26,7 @@ STAMP := $(VENV)/.installed-$(ORT)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[train,$(ORT),dev,ray]"
 	touch $@
 

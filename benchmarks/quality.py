@@ -165,7 +165,8 @@ def merge_results(args) -> dict[str, object]:
     table = markdown(results)
     print(table)
     payload = {"machine": loaded[0]["machine"], "merged_from": [p.name for p in args.merge]}
-    path = save(f"quality-{'-'.join(args.name)}", {**payload, "datasets": results})
+    name = args.save_as or f"quality-{'-'.join(args.name)}"
+    path = save(name, {**payload, "datasets": results})
     path.with_suffix(".md").write_text(table)
     print(f"saved {path}")
     return {"datasets": results}
@@ -216,6 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         default=None,
         help="combine these results files (per-seed runs of datasets) into one, by --name",
     )
+    parser.add_argument("--save-as", default=None, help="--merge: the results file's name")
     parser.add_argument(
         "--parity-only",
         nargs="*",

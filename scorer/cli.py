@@ -63,7 +63,11 @@ def vocab_command(
     ] = None,
     min_count: Annotated[int, typer.Option(help="Keep tokens seen at least this often.")] = 2,
     keep_whitespace: Annotated[
-        bool, typer.Option(help="Keep spaCy's whitespace tokens (the reference does).")
+        bool,
+        typer.Option(
+            "--keep-whitespace/--drop-whitespace",
+            help="Keep spaCy's whitespace tokens (the reference does).",
+        ),
     ] = True,
 ) -> None:
     """Clean, tokenize and build the vocabulary of a reviews file; print a summary."""
@@ -115,7 +119,7 @@ def train_command(
     epochs: Annotated[int | None, typer.Option()] = None,
     batch_size: Annotated[
         int | None,
-        typer.Option(help="Rows per step (default 128; on CUDA 1024, see --lr)."),
+        typer.Option(help="Rows per step (default 128; on CUDA 512, see --lr)."),
     ] = None,
     lr: Annotated[
         float | None,
@@ -268,7 +272,7 @@ def run_command(
         str,
         typer.Option(
             help="local (this machine, one Parquet file) | ray (a Ray cluster or a local Ray "
-            "instance, a Parquet directory; pip install 'scorer[ray]')."
+            "instance, a Parquet directory; needs the scorer package's ray extra)."
         ),
     ] = "local",
     ray_address: Annotated[

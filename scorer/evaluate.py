@@ -81,10 +81,17 @@ def evaluate(job: EvalJob) -> Metrics:
     if not true or seen[1] == 0:
         raise UserError(f"{job.input}: no rows to evaluate")
     if seen[0]:
+        # Rows are matched by their text: a held-out review whose text equals a training
+        # review's (a duplicate, a one-word review) counts too, so only advise a split
+        # when none was given.
+        advice = (
+            "evaluate held-out rows, e.g. --split-file F --split test"
+            if job.split_file is None
+            else "held-out rows whose text repeats a training row's"
+        )
         _warn(
-            f"{seen[0]:,} of {seen[1]:,} rows ({seen[0] / seen[1]:.1%}) are in the model's "
-            "training data; their metrics are inflated (evaluate held-out rows, e.g. "
-            "--split-file F --split test)"
+            f"{seen[0]:,} of {seen[1]:,} rows ({seen[0] / seen[1]:.1%}) have the text of a "
+            f"row the model was trained on; their metrics are inflated ({advice})"
         )
     return rating_metrics(
         np.concatenate(true), np.concatenate(pred), np.concatenate(expected), labels

@@ -39,7 +39,7 @@ from scorer.ray_output import (
     write_manifest,
     write_parts,
 )
-from scorer.run import RunJob, RunSummary, partial_dir
+from scorer.run import RunJob, RunSummary, output_beside, partial_dir
 from scorer.sources import check_schemas, default_keep_columns, resolve_text_columns
 
 # A pipeline that makes no progress this long is stuck (e.g. a cluster without the resources
@@ -142,8 +142,7 @@ def run_on_ray(
     if job.out is None:
         if "://" in job.input:
             raise UserError("--engine ray with a URI input needs --out (a shared filesystem path)")
-        first = Path(files[0].path)
-        out = first.with_name(first.stem + ".scores.parquet")
+        out = output_beside(Path(files[0].path), several=len(files) > 1)
     else:
         out = Path(job.out)
     if "://" in str(job.out or ""):

@@ -103,8 +103,13 @@ def manifest_path(out: Path) -> Path:
 
 def default_output(source: Source) -> Path:
     """``<input stem>.scores.parquet`` beside the (first) input file or directory."""
-    first = source.files[0].path
-    if len(source.files) > 1:
+    return output_beside(source.files[0].path, several=len(source.files) > 1)
+
+
+def output_beside(first: Path, *, several: bool) -> Path:
+    """The default output, for both engines: beside a single input file, named after it;
+    for several (a folder or glob), beside their folder, named after it."""
+    if several:
         return first.parent.with_name(first.parent.name + ".scores.parquet")
     return first.with_name(first.stem + ".scores.parquet")
 

@@ -63,6 +63,7 @@ def make_model_dir(path: Path, *, variant: str = "packed", seed: int = 0, **mode
     texts = frame["Title"].fill_null("") + " " + frame["Review Text"]
     vocab = Vocab.build(texts, min_count=1)
     max_len = model_options.pop("max_len", 24)
+    tail = model_options.pop("tail", 0)
     options = {"embedding_dim": 8, "hidden_dim": 8, **model_options}
     options.setdefault("packed", variant == "packed")
     config = ModelConfig(variant=variant, vocab_size=len(vocab), num_labels=5, **options)
@@ -94,7 +95,7 @@ def make_model_dir(path: Path, *, variant: str = "packed", seed: int = 0, **mode
         path,
         model=model.eval(),
         vocab=vocab,
-        tokenizer=TokenizerConfig(max_len=max_len),
+        tokenizer=TokenizerConfig(max_len=max_len, tail=tail),
         train=TrainConfig(),
         labels=(1.0, 2.0, 3.0, 4.0, 5.0),
         text_columns=("Title", "Review Text"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -14,7 +15,7 @@ import pytest
 
 from scorer.cli import main
 from scorer.export.onnx_export import export_model
-from scorer.run import partial_dir
+from scorer.run import output_beside, partial_dir
 from tests.helpers import make_model_dir, make_reviews
 
 
@@ -97,6 +98,18 @@ def test_default_output_is_beside_the_input(tmp_path, model, capsys) -> None:
     assert str(out) in capsys.readouterr().out
     assert main(["run", str(source), "--model", str(model), "--quiet"]) == 1  # exists
     assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("files", "several", "want"),
+    [
+        (["in/reviews.parquet"], False, "in/reviews.scores.parquet"),
+        (["in/a.parquet", "in/b.parquet"], True, "in.scores.parquet"),
+        (["night/2026/part-0.parquet"], False, "night/2026/part-0.scores.parquet"),
+    ],
+)
+def test_both_engines_name_the_default_output_alike(files, several, want) -> None:
+    assert output_beside(Path(files[0]), several=several) == Path(want)
 
 
 # --- invalid UTF-8 ------------------------------------------------------------------------
@@ -194,6 +207,7 @@ def test_a_kept_column_named_text_is_fine(tmp_path, model) -> None:
 
 _PEAK = """
 import sys
+from pathlib import Path
 import pyarrow.parquet as pq
 from scorer.cli import main
 if sys.argv[1] == "read":  # pyarrow reading the file, and nothing else
@@ -214,8 +228,20 @@ def _peak_rss(*argv) -> int:
     return int(done.stderr.split("PEAK")[-1])
 
 
+@pytest.fixture(scope="module")
+def tail_model(tmp_path_factory):
+    """Reads the head and the tail of long reviews: the whole cell is scanned."""
+    directory = make_model_dir(tmp_path_factory.mktemp("tail") / "m", variant="packed", tail=8)
+    export_model(directory.path)
+    return directory.path
+
+
 @pytest.mark.slow
-def test_a_200_mb_cell_is_scored_like_its_first_part_within_bounded_memory(tmp_path, model):
+@pytest.mark.parametrize("which", ["model", "tail_model"])
+def test_a_200_mb_cell_is_scored_like_its_first_part_within_bounded_memory(
+    tmp_path, which, request
+):
+    model = request.getfixturevalue(which)
     cell = 200_000_000
     words = b"lovely dress "
     huge = words * (cell // len(words))
@@ -236,7 +262,8 @@ def test_a_200_mb_cell_is_scored_like_its_first_part_within_bounded_memory(tmp_p
     )
     # pyarrow's reader alone holds a few copies of the cell (decompressed dictionary page,
     # builder, array); scoring adds no copy of its own: no joined or cleaned text, and no
-    # token beyond max_len is kept (the old string-kernel tokenizer held about ten copies).
+    # token beyond max_len is kept (the old string-kernel tokenizer held about ten copies);
+    # a tail is a ring of `tail` ids, whatever the length of the cell.
     assert big - small < reading + 0.25 * cell
     scores = _scores(tmp_path / "b.parquet")
     np.testing.assert_array_equal(scores[0], scores[1])  # both fill max_len with the same words
