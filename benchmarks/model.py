@@ -78,7 +78,7 @@ def naive_export(model, path: Path, batch: int, width: int) -> None:
             str(path),
             input_names=["input_ids", "lengths"],
             output_names=["logits"],
-            dynamic_axes={"input_ids": {0: "b", 1: "t"}},
+            dynamic_axes={"input_ids": {0: "b", 1: "t"}, "lengths": {0: "b"}},
             opset_version=17,
             dynamo=False,
         )
