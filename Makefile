@@ -4,12 +4,12 @@
 # and one rebuilds the model shipped in the package:
 #   make model  the bundled default model (scorer/default_model), same bytes on the same CPU
 # Both create .venv and install what they need. torch is installed first, pinned, so the
-# `train` extra never pulls another build; TORCH holds pip arguments, e.g.
-# TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" on a host whose pip
-# does not already find the CPU build.
+# `train` extra never pulls another build; on a host whose pip does not already find the
+# CPU build, TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu" points it there.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 ORT ?= cpu
 DATA ?= ../shared/data/womens_clothing_reviews.csv
 SPLIT ?= ../shared/data/womens_clothing_split.csv
@@ -26,7 +26,7 @@ STAMP := $(VENV)/.installed-$(ORT)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)" $(TORCH_INDEX)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[train,$(ORT),dev,ray]"
 	touch $@
 

@@ -86,7 +86,7 @@ def evaluate(job: EvalJob) -> Metrics:
         # when none was given.
         advice = (
             "evaluate held-out rows, e.g. --split-file F --split test"
-            if job.split_file is None
+            if job.split_file is None or job.split == "train"
             else "held-out rows whose text repeats a training row's"
         )
         _warn(

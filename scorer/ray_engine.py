@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -84,10 +86,15 @@ def start_ray(address: str | None):
 
     if not ray.is_initialized():
         options = {"log_to_driver": False, "logging_level": logging.ERROR}
+        # ray.init installs a SIGTERM handler that exits at once; keep the scorer's, which
+        # ends the run like Ctrl-C (exit 130, partial output resumable).
+        on_term = signal.getsignal(signal.SIGTERM)
         if address:
             ray.init(address=address, **options)
         else:
             ray.init(num_cpus=available_cpus(), include_dashboard=False, **options)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_term)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
@@ -142,7 +149,7 @@ def run_on_ray(
     if job.out is None:
         if "://" in job.input:
             raise UserError("--engine ray with a URI input needs --out (a shared filesystem path)")
-        out = output_beside(Path(files[0].path), several=len(files) > 1)
+        out = output_beside(job.input, Path(files[0].path))
     else:
         out = Path(job.out)
     if "://" in str(job.out or ""):

@@ -101,16 +101,13 @@ def manifest_path(out: Path) -> Path:
     return out.with_name(out.name + ".manifest.json")
 
 
-def default_output(source: Source) -> Path:
-    """``<input stem>.scores.parquet`` beside the (first) input file or directory."""
-    return output_beside(source.files[0].path, several=len(source.files) > 1)
-
-
-def output_beside(first: Path, *, several: bool) -> Path:
+def output_beside(spec: str, first: Path) -> Path:
     """The default output, for both engines: beside a single input file, named after it;
-    for several (a folder or glob), beside their folder, named after it."""
-    if several:
-        return first.parent.with_name(first.parent.name + ".scores.parquet")
+    for a folder or glob, beside the folder holding its files and named after it, never
+    inside it, where the next run over that folder would read it as input."""
+    if Path(spec).is_dir() or any(ch in spec for ch in "*?["):
+        folder = first.resolve().parent
+        return folder.parent / f"{folder.name}.scores.parquet"
     return first.with_name(first.stem + ".scores.parquet")
 
 
@@ -145,7 +142,7 @@ def plan_run(job: RunJob, model: LoadedModel | None = None) -> Plan:
     if job.chunk_rows < 1:
         raise UserError("--chunk-rows must be >= 1")
     source = open_source(job.input)
-    out = Path(job.out) if job.out is not None else default_output(source)
+    out = Path(job.out) if job.out is not None else output_beside(job.input, source.files[0].path)
     _check_output(job, out)
     model_dir = resolve_model_dir(job.model_dir)
     if model is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -15,7 +14,7 @@ import pytest
 
 from scorer.cli import main
 from scorer.export.onnx_export import export_model
-from scorer.run import output_beside, partial_dir
+from scorer.run import partial_dir
 from tests.helpers import make_model_dir, make_reviews
 
 
@@ -101,15 +100,27 @@ def test_default_output_is_beside_the_input(tmp_path, model, capsys) -> None:
 
 
 @pytest.mark.parametrize(
-    ("files", "several", "want"),
+    ("spec", "cwd", "want"),
     [
-        (["in/reviews.parquet"], False, "in/reviews.scores.parquet"),
-        (["in/a.parquet", "in/b.parquet"], True, "in.scores.parquet"),
-        (["night/2026/part-0.parquet"], False, "night/2026/part-0.scores.parquet"),
+        ("in/reviews.parquet", ".", "in/reviews.scores.parquet"),
+        ("in", ".", "in.scores.parquet"),  # a folder, even of one file: beside it
+        ("in/", ".", "in.scores.parquet"),
+        ("in/*.parquet", ".", "in.scores.parquet"),
+        (".", "in", "in.scores.parquet"),  # relative, from inside the folder
+        ("*.parquet", "in", "in.scores.parquet"),
     ],
 )
-def test_both_engines_name_the_default_output_alike(files, several, want) -> None:
-    assert output_beside(Path(files[0]), several=several) == Path(want)
+def test_the_default_output_is_never_inside_the_input_folder(
+    tmp_path, model, monkeypatch, spec, cwd, want
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_reviews(20).write_parquet(folder / "reviews.parquet")
+    monkeypatch.chdir(tmp_path / cwd)
+    assert main(["run", spec, "--model", str(model), "--quiet"]) == 0
+    assert (tmp_path / want).is_file()
+    if not spec.endswith("reviews.parquet"):  # a folder or glob: nothing written inside it
+        assert sorted(p.name for p in folder.iterdir()) == ["reviews.parquet"]
 
 
 # --- invalid UTF-8 ------------------------------------------------------------------------

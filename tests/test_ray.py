@@ -190,3 +190,23 @@ def test_the_pool_always_leaves_a_cpu_for_read_and_write_tasks(cpus, gpus, devic
 def test_cuda_on_a_cluster_without_gpus_is_refused() -> None:
     with pytest.raises(UserError, match="has no GPU"):
         size_pool(4, 0, "cuda", None)
+
+
+def test_starting_ray_keeps_the_scorers_sigterm_handler(monkeypatch) -> None:
+    """ray.init installs a SIGTERM handler that exits at once (exit 15, no summary); the
+    scorer's own (SIGTERM ends a run like Ctrl-C, exit 130) must survive it."""
+
+    def ours(signum, frame):
+        raise KeyboardInterrupt
+
+    def fake_init(**options):
+        signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(signum))
+
+    previous = signal.signal(signal.SIGTERM, ours)
+    try:
+        monkeypatch.setattr(ray, "is_initialized", lambda: False)
+        monkeypatch.setattr(ray, "init", fake_init)
+        start_ray(None)
+        assert signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -369,33 +369,38 @@ def test_tampered_model_dir_is_refused(tmp_path, reviews) -> None:
 def test_eval_warns_when_it_sees_the_training_rows(tmp_path, reviews, capsys) -> None:
     from scorer.evaluate import EvalJob, evaluate
     from scorer.export.onnx_export import export_model
+    from scorer.text import row_hashes
 
+    # The last (test) row repeats the first (training) row's text, as short reviews do.
+    frame = pl.read_parquet(reviews)
+    copied = {c: [*frame[c].to_list()[:-1], frame[c][0]] for c in ("Title", "Review Text")}
+    frame = frame.with_columns(pl.Series(c, v, dtype=frame[c].dtype) for c, v in copied.items())
+    data = tmp_path / "reviews.parquet"
+    frame.write_parquet(data)
     split = tmp_path / "split.csv"
     names = ["train"] * 400 + ["val"] * 100 + ["test"] * 100
     pl.DataFrame({"row": range(600), "split": names}).write_csv(split)
-    run = job(tmp_path, reviews, epochs=1)
+    run = job(tmp_path, data, epochs=1)
     result = train_model(TrainJob(**{**run.__dict__, "split_file": split}))  # type: ignore[arg-type]
     export_model(result.model_dir.path)
     capsys.readouterr()
     training = set(np.load(result.model_dir.path / "train_rows.npy").tolist())
-    evaluate(EvalJob(str(reviews), result.model_dir.path))
-    err = capsys.readouterr().err
-    # Rows whose text is a training row's (held-out duplicates of one included).
-    frame = pl.read_parquet(reviews)
     texts = frame.select(
         pl.concat_str([pl.col("Title").fill_null(""), pl.col("Review Text")], separator=" ")
     ).to_series()
-    from scorer.text import row_hashes
-
     seen = int(np.isin(row_hashes(texts), list(training)).sum())
-    assert seen >= 400
+    assert seen >= 401  # every training row, and the repeated one
+    evaluate(EvalJob(str(data), result.model_dir.path))
+    err = capsys.readouterr().err
     assert f"warning: {seen:,} of 600 rows" in err and "inflated" in err
     assert "--split-file F --split test" in err and err.count("\n") == 1
-    evaluate(EvalJob(str(reviews), result.model_dir.path, split_file=split, split="test"))
+    evaluate(EvalJob(str(data), result.model_dir.path, split_file=split, split="test"))
     held_out = capsys.readouterr().err
-    assert ("warning" not in held_out) == (seen == 400)
-    if seen > 400:  # a split was given: no advice to give one, the reason instead
-        assert "repeats a training row's" in held_out and "--split-file" not in held_out
+    # A split was given: no advice to give one, the reason instead.
+    assert f"warning: {seen - 400:,} of 100 rows" in held_out
+    assert "repeats a training row's" in held_out and "--split-file" not in held_out
+    evaluate(EvalJob(str(data), result.model_dir.path, split_file=split, split="train"))
+    assert "evaluate held-out rows" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
