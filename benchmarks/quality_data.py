@@ -127,12 +127,18 @@ def markdown(results: Sequence[dict]) -> str:
     ]
     for r in results:
         m, b = r["model"]["mean"], r["baseline"]["test"]
-        rows, accuracy = r["rows"], m["accuracy"]
+        rows, seeds = r["rows"], len(r["model"]["runs"])
+
+        def spread(metric: str, m=m, seeds=seeds) -> str:
+            value = m[metric]
+            if seeds == 1:  # no spread to show from one seed
+                return f"{value['mean']:.3f} (1 seed)"
+            return f"{value['mean']:.3f} ± {value['std']:.3f}"
+
         lines.append(
             f"| {r['name']} | {rows['train']:,}/{rows['val']:,}/{rows['test']:,} | "
-            f"{r['words']['mean']:.0f} | {accuracy['mean']:.3f} ± {accuracy['std']:.3f} | "
-            f"{b['accuracy']:.3f} | {m['rmse_expected']['mean']:.3f} ± "
-            f"{m['rmse_expected']['std']:.3f} | {b['rmse_expected']:.3f} | "
+            f"{r['words']['mean']:.0f} | {spread('accuracy')} | "
+            f"{b['accuracy']:.3f} | {spread('rmse_expected')} | {b['rmse_expected']:.3f} | "
             f"{m['macro_f1']['mean']:.3f} / {b['macro_f1']:.3f} | "
             f"{m['rmse']['mean']:.3f} / {b['rmse']:.3f} | {m['train_seconds']['mean']:.0f} |"
         )
