@@ -67,6 +67,19 @@ def _pss(process: psutil.Process) -> int:
         return 0
 
 
+def summarize(items: list[dict], rows: int) -> dict:
+    """Repeats of one contender: the median time and its rate, the worst peak memory, and
+    the last run's stage split where the runs report one."""
+    seconds = median([r["seconds"] for r in items])
+    summary = {"reviews_per_s": rows / seconds, "seconds": seconds}
+    for key in ("peak_memory_mb", "peak_rss_mb"):
+        if key in items[0]:
+            summary[key] = max(r[key] for r in items)
+    if "stage_seconds" in items[0]:
+        summary["stage_seconds"] = items[-1]["stage_seconds"]
+    return summary
+
+
 def engines(model_dir: Path, rows: int, repeats: int) -> dict:
     """The local engine against the Ray engine (a local Ray instance sized to this machine)
     on the same rows, alternating; Ray's memory is its whole process tree's (PSS)."""
@@ -80,14 +93,7 @@ def engines(model_dir: Path, rows: int, repeats: int) -> dict:
                        "--engine", engine]  # fmt: skip
             seconds, memory, _ = measure(command, tree=True)
             runs[engine].append({"seconds": seconds, "peak_memory_mb": memory})
-    results = {}
-    for engine, items in runs.items():
-        seconds = median([r["seconds"] for r in items])
-        results[engine] = {
-            "reviews_per_s": rows / seconds,
-            "seconds": seconds,
-            "peak_memory_mb": max(r["peak_memory_mb"] for r in items),
-        }
+    results = {engine: summarize(items, rows) for engine, items in runs.items()}
     results["ray_overhead"] = results["ray"]["seconds"] / results["local"]["seconds"]
     return results
 
@@ -140,15 +146,7 @@ def compare(model_dir: Path, rows: list[int], repeats: int, extra: list[str]) ->
         for _ in range(repeats):
             runs["seed-style path"].append(seed_run(path, model_dir))
             runs["scorer run"].append(scorer_run(path, model_dir, extra))
-        summary = {}
-        for name, items in runs.items():
-            seconds = median([r["seconds"] for r in items])
-            summary[name] = {
-                "reviews_per_s": n / seconds,
-                "seconds": seconds,
-                "peak_rss_mb": max(r["peak_rss_mb"] for r in items),
-                "stage_seconds": items[-1]["stage_seconds"],
-            }
+        summary = {name: summarize(items, n) for name, items in runs.items()}
         summary["speedup"] = (
             summary["scorer run"]["reviews_per_s"] / summary["seed-style path"]["reviews_per_s"]
         )
@@ -185,16 +183,7 @@ def host_only(model_dir: Path, rows: int, workers: list[int], repeats: int) -> d
             runs[n].append(
                 {"seconds": seconds, "peak_rss_mb": rss, **json.loads(out.splitlines()[-1])}
             )
-    results = {}
-    for n, items in runs.items():
-        seconds = median([r["seconds"] for r in items])
-        results[str(n)] = {
-            "reviews_per_s": rows / seconds,
-            "seconds": seconds,
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in items),
-            "stage_seconds": items[-1]["stage_seconds"],
-        }
-    return results
+    return {str(n): summarize(items, rows) for n, items in runs.items()}
 
 
 def plot_scaling(results: dict, path: Path) -> None:
