@@ -145,6 +145,10 @@ def train_command(
         float | None, typer.Option(help="The n-gram path's learning rate, times --lr.")
     ] = None,
     label_smoothing: Annotated[float | None, typer.Option()] = None,
+    token_dropout: Annotated[
+        float | None,
+        typer.Option(help="Training only: each token becomes <unk> with this probability."),
+    ] = None,
     average_epochs: Annotated[
         int | None,
         typer.Option(help="Average the weights of this many epochs ending at the best one."),

@@ -101,6 +101,9 @@ class TrainConfig:
     # memorize fast, and early stopping alone then stops the LSTM too soon.
     wide_weight_decay: float | None = None
     label_smoothing: float = 0.0
+    # Each real token of a training review becomes <unk> with this probability (fresh each
+    # step): the model cannot lean on a few words it has memorized. Training only.
+    token_dropout: float = 0.0
     # Checkpoint averaging: the mean weights of this many epochs ending at the best one
     # (kept if better on validation); 1 keeps the best epoch's weights.
     average_epochs: int = 1

@@ -21,6 +21,7 @@ from scorer.metrics import nearest_label, rating_metrics
 from scorer.model import ReviewLSTM
 from scorer.progress import Progress
 from scorer.train_data import Batch, Dataset, make_batch
+from scorer.vocab import PAD_ID, UNK_ID
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,14 @@ class Objective:
             expected = torch.softmax(output, dim=1) @ self.values
             loss = loss + self.expected_weight * nn.functional.mse_loss(expected, target[:, 1])
         return loss
+
+
+def drop_tokens(batch: Batch, rate: float) -> Batch:
+    """``batch`` with each real token replaced by ``<unk>`` with probability ``rate``, drawn
+    on the batch's device from torch's seeded generator (no host round trip)."""
+    ids = batch.ids
+    hit = (torch.rand(ids.shape, device=ids.device) < rate) & (ids != PAD_ID)
+    return batch._replace(ids=torch.where(hit, torch.full_like(ids, UNK_ID), ids))
 
 
 def _forward(model: ReviewLSTM, batch: Batch, runtime: Runtime) -> torch.Tensor:
@@ -164,6 +173,8 @@ def fit(
         with Progress(len(batches), "batches", f"epoch {epoch}") as progress:
             for rows in batches:
                 batch = make_batch(train_set, rows, fixed_len, runtime.device)
+                if cfg.token_dropout:
+                    batch = drop_tokens(batch, cfg.token_dropout)
                 loss = objective(_forward(model, batch, runtime), batch.target)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()

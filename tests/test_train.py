@@ -97,6 +97,45 @@ def test_same_seed_same_metrics(tmp_path, reviews) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("rate", [0.05, 0.2, 0.5, 0.999])
+def test_token_dropout_hides_real_tokens_at_its_rate_and_never_padding(rate) -> None:
+    from scorer.fit import drop_tokens
+    from scorer.train_data import Batch
+    from scorer.vocab import PAD_ID, UNK_ID
+
+    torch.manual_seed(0)
+    lengths = torch.randint(1, 200, (256,))
+    steps = torch.arange(200)[None, :]
+    ids = torch.where(steps < lengths[:, None], torch.randint(2, 50, (256, 200)), PAD_ID)
+    batch = Batch(torch.arange(256), ids, lengths, lengths, torch.zeros(256, 2))
+    dropped = drop_tokens(batch, rate).ids
+    real = ids != PAD_ID
+    assert torch.equal(dropped[~real], ids[~real])  # padding stays padding
+    changed = dropped != ids
+    assert torch.all(dropped[changed] == UNK_ID)
+    assert abs(changed[real].float().mean().item() - rate) < 0.01
+    torch.manual_seed(0)
+    torch.randint(1, 200, (256,)), torch.randint(2, 50, (256, 200))
+    assert torch.equal(drop_tokens(batch, rate).ids, dropped)  # seeded: the same draw
+
+
+def test_token_dropout_trains_deterministically_and_changes_the_weights(tmp_path, reviews):
+    runs = [
+        train_model(job(tmp_path, reviews, name=name, epochs=2, token_dropout=rate))
+        for name, rate in (("a", 0.3), ("b", 0.3), ("c", 0.0))
+    ]
+    weights = [torch.load(r.model_dir.path / "model.pt", weights_only=True) for r in runs]
+    assert ModelCard.load(runs[0].model_dir.path / "config.json").train.token_dropout == 0.3
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0])
+def test_token_dropout_outside_0_1_is_refused(rate) -> None:
+    with pytest.raises(UserError, match="--token-dropout must be in"):
+        resolve({"token_dropout": rate})
+
+
 def test_bf16_autocast_path_runs_on_cpu(tmp_path, reviews) -> None:
     result = train_model(job(tmp_path, reviews, epochs=1, precision="bf16"))
     metrics = json.loads((result.model_dir.path / "metrics.json").read_text())
@@ -460,7 +499,7 @@ def test_checkpoint_averaging_runs_in_training(tmp_path, reviews, capsys) -> Non
     assert "averaged the last" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("budget", "trials"), [(0, 1), (3600, 2)])
+@pytest.mark.parametrize(("budget", "trials"), [(0, 1), (3600, 3)])
 def test_the_search_on_validation_keeps_the_lowest_val_nll(tmp_path, reviews, budget, trials):
     result = train_model(
         job(tmp_path, reviews, epochs=2, wide_buckets=256, wide_lr_scale=3.0, budget=budget)
@@ -472,8 +511,11 @@ def test_the_search_on_validation_keeps_the_lowest_val_nll(tmp_path, reviews, bu
     card = ModelCard.load(result.model_dir.path / "config.json")
     assert card.train.search_variant == chosen["variant"]
     assert (card.train.wide_lr_scale == 10.0) == (chosen["variant"] == "wide_lr_scale=10.0")
-    if trials == 2:
-        assert [t["variant"] for t in search] == ["", "wide_lr_scale=10.0"]
+    assert (card.train.token_dropout == 0.2) == (chosen["variant"] == "token_dropout=0.2")
+    if trials == 3:
+        assert [t["variant"] for t in search] == ["", "token_dropout=0.2", "wide_lr_scale=10.0"]
+        # Different training, different weights: each trial's loss is its own.
+        assert len({t["val_nll"] for t in search}) == 3
 
 
 def test_a_budget_too_small_for_a_second_trial_stops_after_the_first() -> None:
