@@ -9,6 +9,7 @@ rows. Settings are chosen on validation only; test rows are scored once per mode
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,6 +86,9 @@ def dataset_quality(
                      label_column, split_path, overwrite=True)
         )  # fmt: skip
         assert trained.test is not None
+        # What the search on validation tried, and which candidate it kept.
+        card = json.loads((trained.model_dir.path / "config.json").read_text())
+        search = json.loads((trained.model_dir.path / "metrics.json").read_text())["search"]
         runs.append(
             {
                 "seed": seed,
@@ -92,6 +96,8 @@ def dataset_quality(
                 "val": trained.val.to_dict(),
                 "best_epoch": trained.best_epoch,
                 "train_seconds": trained.seconds,
+                "search": search,
+                "kept": card["train"]["search_variant"] or "default",
                 "config": {
                     "model": dataclasses.asdict(model),
                     "tokenizer": dataclasses.asdict(tok),

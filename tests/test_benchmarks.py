@@ -64,3 +64,34 @@ def test_model_benchmark_measures_every_graph_of_a_wide_model(tmp_path) -> None:
     rates = result["reviews_per_s"]["8"]
     assert {model_bench.NAIVE, model_bench.SCORER, "torch eager"} <= set(rates)
     assert all(rate > 0 for rate in rates.values())
+
+
+def test_quality_on_any_labelled_file_reports_model_and_baseline_and_the_search(tmp_path):
+    from benchmarks.quality_data import dataset_quality, markdown
+    from tests.helpers import make_reviews
+
+    data = tmp_path / "mine.parquet"
+    frame = make_reviews(400).rename({"Review Text": "body", "Rating": "stars"})
+    frame.write_parquet(data)
+    small = {"threads": 1, "epochs": 2, "embedding_dim": 8, "hidden_dim": 8, "budget": 3600}
+    result = dataset_quality("mine", data, ("body",), "stars", None, [0, 1], tmp_path, small)
+    rows = result["rows"]
+    assert sum(rows.values()) == 400 and all(38 <= rows[s] <= 42 for s in ("val", "test"))
+    assert (tmp_path / "splits" / "mine.csv").is_file()  # one split for every model and seed
+    # The words carry the rating: the baseline beats the majority class (30%) clearly.
+    assert result["baseline"]["test"]["accuracy"] > 0.6
+    runs = result["model"]["runs"]
+    assert [r["seed"] for r in runs] == [0, 1]
+    for run in runs:
+        # Every candidate fits this budget; the one kept has the lowest validation loss.
+        assert [t["variant"] for t in run["search"]] == [
+            "",
+            "token_dropout=0.2",
+            "wide_lr_scale=10.0",
+        ]
+        best = min(run["search"], key=lambda t: t["val_nll"])["variant"] or "default"
+        assert run["kept"] == best
+    accuracy = [r["test"]["accuracy"] for r in runs]
+    assert result["model"]["mean"]["accuracy"]["mean"] == pytest.approx(sum(accuracy) / 2)
+    table = markdown([result])
+    assert f"| mine | {rows['train']}/{rows['val']}/{rows['test']} |" in table
