@@ -101,7 +101,8 @@ def dataset_quality(
                 "config": {
                     "model": dataclasses.asdict(model),
                     "tokenizer": dataclasses.asdict(tok),
-                    "train": dataclasses.asdict(train),
+                    # The candidate the search kept, as config.json holds it.
+                    "train": card["train"],
                 },
             }
         )

@@ -61,7 +61,7 @@ def drop_tokens(batch: Batch, rate: float) -> Batch:
     on the batch's device from torch's seeded generator (no host round trip)."""
     ids = batch.ids
     hit = (torch.rand(ids.shape, device=ids.device) < rate) & (ids != PAD_ID)
-    return batch._replace(ids=torch.where(hit, torch.full_like(ids, UNK_ID), ids))
+    return batch._replace(ids=ids.masked_fill(hit, UNK_ID))
 
 
 def _forward(model: ReviewLSTM, batch: Batch, runtime: Runtime) -> torch.Tensor:

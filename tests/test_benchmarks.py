@@ -66,7 +66,7 @@ def test_model_benchmark_measures_every_graph_of_a_wide_model(tmp_path) -> None:
     assert all(rate > 0 for rate in rates.values())
 
 
-def test_quality_on_any_labelled_file_reports_model_and_baseline_and_the_search(tmp_path):
+def test_quality_on_any_labelled_file_reports_model_and_baseline_and_the_search(tmp_path) -> None:
     from benchmarks.quality_data import dataset_quality, markdown
     from tests.helpers import make_reviews
 
@@ -91,6 +91,7 @@ def test_quality_on_any_labelled_file_reports_model_and_baseline_and_the_search(
         ]
         best = min(run["search"], key=lambda t: t["val_nll"])["variant"] or "default"
         assert run["kept"] == best
+        assert run["config"]["train"]["search_variant"] == run["kept"].replace("default", "")
     accuracy = [r["test"]["accuracy"] for r in runs]
     assert result["model"]["mean"]["accuracy"]["mean"] == pytest.approx(sum(accuracy) / 2)
     table = markdown([result])
