@@ -87,7 +87,7 @@ def dataset_quality(
         )  # fmt: skip
         assert trained.test is not None
         # What the search on validation tried, and which candidate it kept.
-        card = json.loads((trained.model_dir.path / "config.json").read_text())
+        kept = trained.model_dir.card.train
         search = json.loads((trained.model_dir.path / "metrics.json").read_text())["search"]
         runs.append(
             {
@@ -97,12 +97,12 @@ def dataset_quality(
                 "best_epoch": trained.best_epoch,
                 "train_seconds": trained.seconds,
                 "search": search,
-                "kept": card["train"]["search_variant"] or "default",
+                "kept": kept.search_variant or "default",
                 "config": {
                     "model": dataclasses.asdict(model),
                     "tokenizer": dataclasses.asdict(tok),
                     # The candidate the search kept, as config.json holds it.
-                    "train": card["train"],
+                    "train": dataclasses.asdict(kept),
                 },
             }
         )
