@@ -111,7 +111,8 @@ class TrainConfig:
     # (presets.apply_min_samples).
     min_samples: int = 0
     # Seconds for training: within them, a search on validation tries the variants of
-    # presets.SEARCH_VARIANTS after the default and keeps the lowest validation NLL.
+    # presets.SEARCH_VARIANTS after the default and keeps the lowest validation loss (under
+    # the default's objective, as early stopping judges epochs).
     # 0: train the default only.
     budget: float = 0.0
     # Which search variant this config is ("" for the default).

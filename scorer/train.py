@@ -120,20 +120,27 @@ def train_model(job: TrainJob) -> TrainResult:
         for name, r in rows.items()
         if len(r)
     }
+    # Every candidate is judged by the loss early stopping uses, with the user's weights
+    # (cross-entropy plus expected_loss_weight times the expected rating's squared error):
+    # the search then picks on what the user asked the model to be good at, as the epochs
+    # were picked, and a candidate's own training tweaks never change the yardstick.
+    judge = _objective(model_cfg, cfg, labels.values, runtime)
     trials = []
     for candidate in search_candidates(cfg):
         elapsed = time.perf_counter() - start
         if trials and not fits_budget(cfg.budget, elapsed, trials[0]["seconds"]):
             break
         began = time.perf_counter()
-        trial = _train_candidate(job, candidate, model_cfg, vocab, sets, labels, rows, runtime)
+        trial = _train_candidate(
+            job, candidate, model_cfg, vocab, sets, labels, rows, runtime, judge
+        )
         trial["seconds"] = time.perf_counter() - began
         trials.append(trial)
-    chosen = min(trials, key=lambda t: t["val_nll"])
+    chosen = min(trials, key=lambda t: t["val_loss"])
     if len(trials) > 1:
         print(
             "search on validation: "
-            + ", ".join(f"{t['variant'] or 'default'} nll {t['val_nll']:.4f}" for t in trials)
+            + ", ".join(f"{t['variant'] or 'default'} loss {t['val_loss']:.4f}" for t in trials)
             + f"; kept {chosen['variant'] or 'default'}",
             file=sys.stderr,
             flush=True,
@@ -173,7 +180,7 @@ def train_model(job: TrainJob) -> TrainResult:
             "padding_fraction": padding_stats(sets["train"].host_lengths, cfg.batch_size, cfg.seed),
             "rows": {name: len(r) for name, r in rows.items()},
             "search": [
-                {k: t[k] for k in ("variant", "val_nll", "best_epoch", "seconds")} for t in trials
+                {k: t[k] for k in (*TRIAL_KEYS, "best_epoch", "seconds")} for t in trials
             ],
         },
         overwrite=job.overwrite,
@@ -183,9 +190,23 @@ def train_model(job: TrainJob) -> TrainResult:
     return TrainResult(model_dir, val, test, best_epoch, seconds)
 
 
-def _train_candidate(job, cfg, model_cfg, vocab, sets, labels, rows, runtime) -> dict:
-    """One model trained with ``cfg``: its best weights, and its validation NLL (the search's
-    criterion: each candidate's own objective may weigh terms differently)."""
+# What metrics.json["search"] records of each candidate on the validation rows; ``val_loss``
+# (under the user's objective) is the search's criterion.
+TRIAL_KEYS = ("variant", "val_loss", "val_nll", "val_accuracy", "val_rmse_expected")
+
+
+def _objective(model_cfg: ModelConfig, cfg: TrainConfig, values, runtime) -> Objective:
+    return Objective(
+        model_cfg,
+        torch.tensor(values, dtype=torch.float32, device=runtime.device),
+        cfg.expected_loss_weight,
+        cfg.label_smoothing,
+    )
+
+
+def _train_candidate(job, cfg, model_cfg, vocab, sets, labels, rows, runtime, judge) -> dict:
+    """One model trained with ``cfg``: its best weights, and how it does on the validation
+    rows, ``val_loss`` under ``judge`` (the objective all candidates are compared by)."""
     seed_everything(cfg.seed)
     model = ReviewLSTM(model_cfg)
     if job.vectors is not None:
@@ -197,21 +218,22 @@ def _train_candidate(job, cfg, model_cfg, vocab, sets, labels, rows, runtime) ->
         with torch.no_grad():
             model.head.bias.fill_(mean_rating)
     model.to(runtime.device)
-    objective = Objective(
-        model_cfg,
-        torch.tensor(labels.values, dtype=torch.float32, device=runtime.device),
-        cfg.expected_loss_weight,
-        cfg.label_smoothing,
-    )
+    objective = _objective(model_cfg, cfg, labels.values, runtime)
     history, best_state, best_epoch = fit(model, sets, labels.values, cfg, runtime, objective)
     model.load_state_dict(best_state)
-    prediction = predict(model, sets["val"], labels.values, runtime, objective)
+    prediction = predict(model, sets["val"], labels.values, runtime, judge)
+    val = rating_metrics(
+        sets["val"].label_index, prediction.pred_index, prediction.expected, labels.values
+    )
     return {
         "model": model,
         "cfg": cfg,
         "objective": objective,
         "history": history,
         "best_epoch": best_epoch,
-        "val_nll": prediction.nll,
         "variant": cfg.search_variant,
+        "val_loss": prediction.loss,
+        "val_nll": prediction.nll,
+        "val_accuracy": val.accuracy,
+        "val_rmse_expected": val.rmse_expected,
     }

@@ -89,7 +89,7 @@ def test_quality_on_any_labelled_file_reports_model_and_baseline_and_the_search(
             "token_dropout=0.2",
             "wide_lr_scale=10.0",
         ]
-        best = min(run["search"], key=lambda t: t["val_nll"])["variant"] or "default"
+        best = min(run["search"], key=lambda t: t["val_loss"])["variant"] or "default"
         assert run["kept"] == best
         assert run["config"]["train"]["search_variant"] == run["kept"].replace("default", "")
     accuracy = [r["test"]["accuracy"] for r in runs]

@@ -530,14 +530,30 @@ def test_checkpoint_averaging_runs_in_training(tmp_path, reviews, capsys) -> Non
 
 
 @pytest.mark.parametrize(("budget", "trials"), [(0, 1), (3600, 3)])
-def test_the_search_on_validation_keeps_the_lowest_val_nll(tmp_path, reviews, budget, trials):
+def test_the_search_on_validation_keeps_the_lowest_val_loss(tmp_path, reviews, budget, trials):
     result = train_model(
-        job(tmp_path, reviews, epochs=2, wide_buckets=256, wide_lr_scale=3.0, budget=budget)
+        job(
+            tmp_path,
+            reviews,
+            epochs=2,
+            wide_buckets=256,
+            wide_lr_scale=3.0,
+            expected_loss_weight=0.5,
+            budget=budget,
+        )
     )
     metrics = json.loads((result.model_dir.path / "metrics.json").read_text())
     search = metrics["search"]
     assert len(search) == trials
-    chosen = min(search, key=lambda t: t["val_nll"])
+    for trial in search:
+        # Judged by the user's objective: cross-entropy plus 0.5 x the expected rating's MSE.
+        assert trial["val_loss"] == pytest.approx(
+            trial["val_nll"] + 0.5 * trial["val_rmse_expected"] ** 2, rel=1e-5
+        )
+        assert 0.0 <= trial["val_accuracy"] <= 1.0
+    chosen = min(search, key=lambda t: t["val_loss"])
+    assert metrics["val"]["accuracy"] == pytest.approx(chosen["val_accuracy"])
+    assert metrics["val"]["rmse_expected"] == pytest.approx(chosen["val_rmse_expected"])
     card = ModelCard.load(result.model_dir.path / "config.json")
     assert card.train.search_variant == chosen["variant"]
     assert (card.train.wide_lr_scale == 10.0) == (chosen["variant"] == "wide_lr_scale=10.0")
