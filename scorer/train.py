@@ -179,9 +179,7 @@ def train_model(job: TrainJob) -> TrainResult:
             "threads": threads,
             "padding_fraction": padding_stats(sets["train"].host_lengths, cfg.batch_size, cfg.seed),
             "rows": {name: len(r) for name, r in rows.items()},
-            "search": [
-                {k: t[k] for k in (*TRIAL_KEYS, "best_epoch", "seconds")} for t in trials
-            ],
+            "search": [{k: t[k] for k in (*TRIAL_KEYS, "best_epoch", "seconds")} for t in trials],
         },
         overwrite=job.overwrite,
         training=training_fingerprint(job.data, job.split_file, rows),
