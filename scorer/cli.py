@@ -157,7 +157,7 @@ def train_command(
         float | None,
         typer.Option(
             help="Seconds: within them, also try the preset's variants and keep the one with "
-            "the lowest validation loss (0: the default only)."
+            "the lowest validation loss under the training objective (0: the default only)."
         ),
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda.")] = None,

@@ -120,10 +120,12 @@ def train_model(job: TrainJob) -> TrainResult:
         for name, r in rows.items()
         if len(r)
     }
-    # Every candidate is judged by the loss early stopping uses, with the user's weights
-    # (cross-entropy plus expected_loss_weight times the expected rating's squared error):
-    # the search then picks on what the user asked the model to be good at, as the epochs
-    # were picked, and a candidate's own training tweaks never change the yardstick.
+    # Every candidate is judged by the loss early stopping uses, with the user's settings
+    # (cross-entropy, label-smoothed if asked, plus expected_loss_weight times the expected
+    # rating's squared error; regression: squared error): the search then picks on what the
+    # user asked the model to be good at, as the epochs were picked, and a candidate's own
+    # training tweaks never change the yardstick. (Each candidate's per-epoch history uses
+    # its own objective: the same one unless a variant changes the objective's settings.)
     judge = _objective(model_cfg, cfg, labels.values, runtime)
     trials = []
     for candidate in search_candidates(cfg):
@@ -136,7 +138,7 @@ def train_model(job: TrainJob) -> TrainResult:
         )
         trial["seconds"] = time.perf_counter() - began
         trials.append(trial)
-    chosen = min(trials, key=lambda t: t["val_loss"])
+    chosen = kept_trial(trials)
     if len(trials) > 1:
         print(
             "search on validation: "
@@ -191,6 +193,12 @@ def train_model(job: TrainJob) -> TrainResult:
 # What metrics.json["search"] records of each candidate on the validation rows; ``val_loss``
 # (under the user's objective) is the search's criterion.
 TRIAL_KEYS = ("variant", "val_loss", "val_nll", "val_accuracy", "val_rmse_expected")
+
+
+def kept_trial(trials: list[dict]) -> dict:
+    """The candidate the search keeps: the lowest ``val_loss`` (under the user's objective),
+    the earliest on a tie, so the default wins ties."""
+    return min(trials, key=lambda t: t["val_loss"])
 
 
 def _objective(model_cfg: ModelConfig, cfg: TrainConfig, values, runtime) -> Objective:

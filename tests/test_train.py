@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 import torch
 
+from scorer import presets
 from scorer import train as train_module
 from scorer.cli import main
 from scorer.config import ModelCard
@@ -560,6 +561,39 @@ def test_the_search_on_validation_keeps_the_lowest_val_loss(tmp_path, reviews, b
     assert (card.train.token_dropout == 0.2) == (chosen["variant"] == "token_dropout=0.2")
     if trials == 3:
         assert [t["variant"] for t in search] == ["", "token_dropout=0.2", "wide_lr_scale=10.0"]
+
+
+@pytest.mark.parametrize(
+    ("trials", "kept"),
+    [
+        # NLL alone would keep the default; the expected-rating term decides.
+        ([("", 0.90, 0.57), ("token_dropout=0.2", 0.81, 0.58)], "token_dropout=0.2"),
+        ([("", 0.82, 0.58), ("token_dropout=0.2", 0.82, 0.57)], ""),  # a tie: the default
+        ([("", 0.83, 0.59), ("a", 0.84, 0.58), ("b", 0.80, 0.60)], "b"),
+        ([("", 1.00, 0.70)], ""),
+    ],
+)
+def test_the_search_keeps_the_lowest_objective_not_the_lowest_nll(trials, kept) -> None:
+    from scorer.train import kept_trial
+
+    rows = [{"variant": v, "val_loss": loss, "val_nll": nll} for v, loss, nll in trials]
+    assert kept_trial(rows)["variant"] == kept
+
+
+def test_the_search_judges_every_candidate_by_the_users_objective(
+    tmp_path, reviews, monkeypatch
+) -> None:
+    # A variant that trains with another expected-rating weight is still judged with 0.5.
+    monkeypatch.setattr(presets, "SEARCH_VARIANTS", ({"expected_loss_weight": 2.0},))
+    result = train_model(
+        job(tmp_path, reviews, epochs=2, expected_loss_weight=0.5, budget=3600, patience=5)
+    )
+    search = json.loads((result.model_dir.path / "metrics.json").read_text())["search"]
+    assert [t["variant"] for t in search] == ["", "expected_loss_weight=2.0"]
+    for trial in search:
+        assert trial["val_loss"] == pytest.approx(
+            trial["val_nll"] + 0.5 * trial["val_rmse_expected"] ** 2, rel=1e-5
+        )
 
 
 @pytest.mark.parametrize(
