@@ -148,11 +148,7 @@ def train_model(job: TrainJob) -> TrainResult:
             flush=True,
         )
     model, cfg, objective = chosen["model"], chosen["cfg"], chosen["objective"]
-    history, best_epoch = chosen["history"], chosen["best_epoch"]
-    val_pred = predict(model, sets["val"], labels.values, runtime, objective)
-    val = rating_metrics(
-        sets["val"].label_index, val_pred.pred_index, val_pred.expected, labels.values
-    )
+    history, best_epoch, val = chosen["history"], chosen["best_epoch"], chosen["val"]
     test = None
     if "test" in sets:
         test_pred = predict(model, sets["test"], labels.values, runtime, objective)
@@ -238,6 +234,7 @@ def _train_candidate(job, cfg, model_cfg, vocab, sets, labels, rows, runtime, ju
         "history": history,
         "best_epoch": best_epoch,
         "variant": cfg.search_variant,
+        "val": val,
         "val_loss": prediction.loss,
         "val_nll": prediction.nll,
         "val_accuracy": val.accuracy,
