@@ -23,9 +23,12 @@ def tfidf_logistic_regression(
     ratings: np.ndarray,
     split: np.ndarray,
     labels: Sequence[float],
+    *,
+    keep_test_rows: bool = False,
 ) -> dict[str, object]:
     """Fit on the train rows, choose C by validation accuracy (ties: the smaller C), and
-    score the test rows once."""
+    score the test rows once. ``keep_test_rows``: also return each test row's argmax and
+    expected rating (arrays, under ``test_rows``) for a paired comparison."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
@@ -47,11 +50,13 @@ def tfidf_logistic_regression(
             best = (accuracy, c, model)
     assert best is not None
     _, c, model = best
-    scored = {}
+    scored: dict[str, object] = {}
     for name in ("val", "test"):
         probs = np.zeros((len(rows[name]), len(values)))
         probs[:, model.classes_] = model.predict_proba(features[name])
         scored[name] = rating_metrics(
             index[rows[name]], probs.argmax(axis=1), probs @ values, values
         ).to_dict()
+        if name == "test" and keep_test_rows:
+            scored["test_rows"] = {"pred_index": probs.argmax(axis=1), "expected": probs @ values}
     return {"C": c, **scored, "train_seconds": time.perf_counter() - began}

@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from benchmarks.baseline import tfidf_logistic_regression
+from benchmarks.significance import dataset_significance
 from scorer.data import read_labels, read_split_file, read_table, read_texts, stratified_split
 
 METRICS = ("accuracy", "macro_f1", "rmse", "rmse_expected")
@@ -76,7 +77,10 @@ def dataset_quality(
         "labels": {f"{v:g}": int((ratings == v).sum()) for v in labels.values},
         "split_file": str(split_path),
     }
-    baseline = tfidf_logistic_regression(texts.to_list(), ratings, split, labels.values)
+    baseline = tfidf_logistic_regression(
+        texts.to_list(), ratings, split, labels.values, keep_test_rows=True
+    )
+    baseline_rows = baseline.pop("test_rows")
     print(f"{name}: baseline C={baseline['C']} test {_line(baseline['test'])}", flush=True)
     runs = []
     for seed in seeds:
@@ -118,6 +122,12 @@ def dataset_quality(
         "rmse_expected": model_summary["rmse_expected"]["mean"]
         <= baseline["test"]["rmse_expected"],
     }
+    # How much of that verdict the test rows' own sampling could undo.
+    paired = dataset_significance(
+        name, data, text_columns, label_column, split_path,
+        [work / f"{name}-seed{seed}" for seed in seeds], baseline_rows,
+    )  # fmt: skip
+    result["vs_baseline"] = {k: v for k, v in paired.items() if k not in ("name", "seeds")}
     return result
 
 
@@ -159,7 +169,13 @@ def merge(parts: Sequence[dict], name: str) -> dict:
     summary = summarize(runs)
     baseline = first["baseline"]
     return {
-        **{k: v for k, v in first.items() if k not in ("model", "baseline", "beats_baseline")},
+        # A part's paired interval covers only its own seeds: benchmarks.significance
+        # recomputes it over the merged seeds' models.
+        **{
+            k: v
+            for k, v in first.items()
+            if k not in ("model", "baseline", "beats_baseline", "vs_baseline")
+        },
         "name": name,
         "baseline": baseline,
         "model": {"runs": runs, "mean": summary},

@@ -96,3 +96,20 @@ def test_quality_on_any_labelled_file_reports_model_and_baseline_and_the_search(
     assert result["model"]["mean"]["accuracy"]["mean"] == pytest.approx(sum(accuracy) / 2)
     table = markdown([result])
     assert f"| mine | {rows['train']}/{rows['val']}/{rows['test']} |" in table
+    # The paired interval reloads the saved models: they score what training recorded.
+    paired, mean = result["vs_baseline"], result["model"]["mean"]
+    assert paired["rows"] == rows["test"]
+    for metric in ("accuracy", "rmse_expected"):
+        assert paired[metric]["model"] == pytest.approx(mean[metric]["mean"])
+        assert paired[metric]["baseline"] == pytest.approx(result["baseline"]["test"][metric])
+        assert paired[metric]["low"] <= paired[metric]["high"]
+    # A model that no longer scores what its metrics.json recorded is refused, not compared.
+    from benchmarks.significance import dataset_significance
+
+    seed0 = tmp_path / "mine-seed0"
+    metrics = json.loads((seed0 / "metrics.json").read_text())
+    metrics["test"]["accuracy"] += 2.0 / rows["test"]  # two rows: more than threads explain
+    (seed0 / "metrics.json").write_text(json.dumps(metrics))
+    split = tmp_path / "splits" / "mine.csv"
+    with pytest.raises(SystemExit, match="another model, data file or split"):
+        dataset_significance("mine", data, ("body",), "stars", split, [seed0])
