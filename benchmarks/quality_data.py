@@ -125,7 +125,7 @@ def dataset_quality(
     # How much of that verdict the test rows' own sampling could undo.
     paired = dataset_significance(
         name, data, text_columns, label_column, split_path,
-        [work / f"{name}-seed{seed}" for seed in seeds], baseline_rows,
+        [work / f"{name}-seed{seed}" for seed in seeds], baseline_rows, strict=False,
     )  # fmt: skip
     result["vs_baseline"] = {k: v for k, v in paired.items() if k not in ("name", "seeds")}
     return result

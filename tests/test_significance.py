@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmarks.significance import RowScores, markdown, paired_bootstrap
+from benchmarks.significance import RowScores, markdown, paired_bootstrap, resampled_rows
 
 LABELS = (1.0, 2.0, 3.0, 4.0, 5.0)
 
@@ -54,18 +54,45 @@ def test_identical_predictions_have_a_zero_interval_and_count_as_at_least_as_goo
         assert out[metric]["model_at_least_as_good"] == 1.0
 
 
-def test_a_model_better_on_one_row_in_a_hundred_is_not_called_surely_better() -> None:
-    # The intervals of a tiny gap on few rows straddle zero; on many rows they do not.
+def test_a_two_point_lead_is_surely_better_on_many_rows_and_not_on_a_hundred() -> None:
+    # The model turns 3% of the baseline's wrong rows right and 1% of its right rows wrong.
     rng = np.random.default_rng(1)
     for rows, straddles in ((100, True), (100_000, False)):
-        base = rng.random(rows) < 0.7
+        base = np.arange(rows) % 10 < 7
         model = base.copy()
-        flip = np.flatnonzero(~base)[: max(rows // 50, 1)]  # 2% of rows turned right
-        model[flip] = True
-        sq = np.zeros(rows)
+        model[np.flatnonzero(~base)[: rows * 3 // 100]] = True
+        model[np.flatnonzero(base)[: rows // 100]] = False
+        sq = rng.random(rows)
         out = paired_bootstrap(scores(model, sq), scores(base, sq), resamples=300)["accuracy"]
+        assert out["delta"] == pytest.approx(0.02)
         assert out["low"] <= out["delta"] <= out["high"]
-        assert (out["low"] <= 0.0) is straddles
+        assert (out["low"] < 0.0 < out["high"]) is straddles
+
+
+def test_ties_of_a_three_seed_mean_count_as_at_least_as_good() -> None:
+    # A mean of k/3 over rows carries rounding: compare with exact counts per resample.
+    rng = np.random.default_rng(3)
+    model_ok, base_ok = rng.random((3, 12)) < 0.5, rng.random(12) < 0.5
+    sq = np.zeros((3, 12))
+    out = paired_bootstrap(scores(model_ok, sq), scores(base_ok, sq[:1]), resamples=2000)
+    exact = [
+        3 * base_ok[r].sum(axis=-1) <= model_ok[:, r].sum(axis=(0, -1))
+        for r in resampled_rows(12, 2000, 0)
+    ]
+    ties = [
+        3 * base_ok[r].sum(axis=-1) == model_ok[:, r].sum(axis=(0, -1))
+        for r in resampled_rows(12, 2000, 0)
+    ]
+    assert np.concatenate(ties).sum() > 50  # the case has ties to get right
+    assert out["accuracy"]["model_at_least_as_good"] == np.concatenate(exact).mean()
+    # The interval: the 2.5th and 97.5th percentiles of the resampled differences.
+    delta = np.concatenate(
+        [model_ok[:, r].mean(axis=-1).mean(axis=0) - base_ok[r].mean(axis=-1)
+         for r in resampled_rows(12, 2000, 0)]
+    )  # fmt: skip
+    low, high = np.percentile(delta, [2.5, 97.5])
+    got = out["accuracy"]
+    assert (got["low"], got["high"]) == pytest.approx((low, high))
 
 
 def test_same_seed_same_interval_and_another_seed_another() -> None:
