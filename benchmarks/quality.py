@@ -172,18 +172,25 @@ def merge_results(args) -> dict[str, object]:
     return {"datasets": results}
 
 
+def dataset_options(args, i: int, data: Path) -> tuple[str, Path | None, tuple[str, ...], str]:
+    """The i-th ``--data`` file's name, split file (``None``: none given, one is drawn), text
+    columns and label column; the reference reviews default to their own columns and split."""
+    reference = data.resolve() == DEFAULT_REVIEWS.resolve()
+    name = args.name[i] if args.name else data.stem
+    splits = args.split_file or []
+    split = splits[i] if i < len(splits) else (DEFAULT_SPLIT if reference else None)
+    text = tuple(args.text_col or (DEFAULT_TEXT_COLUMNS if reference else ("text",)))
+    label = args.label_col or ("Rating" if reference else "rating")
+    return name, split, text, label
+
+
 def data_quality(args) -> dict[str, object]:
     """--data mode: each file's default model over seeds against the baseline."""
     from benchmarks.quality_data import dataset_quality, markdown
 
     results = []
     for i, data in enumerate(args.data):
-        reference = data.resolve() == DEFAULT_REVIEWS.resolve()
-        name = args.name[i] if args.name else data.stem
-        splits = args.split_file or []
-        split = splits[i] if i < len(splits) else (DEFAULT_SPLIT if reference else None)
-        text = tuple(args.text_col or (DEFAULT_TEXT_COLUMNS if reference else ("text",)))
-        label = args.label_col or ("Rating" if reference else "rating")
+        name, split, text, label = dataset_options(args, i, data)
         options = {"threads": args.threads} if args.threads else None
         results.append(dataset_quality(name, data, text, label, split, args.seeds, WORK, options))
     table = markdown(results)

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from benchmarks.baseline import tfidf_logistic_regression
-from benchmarks.significance import dataset_significance
+from benchmarks.significance import on_test_rows
 from scorer.data import read_labels, read_split_file, read_table, read_texts, stratified_split
 
 METRICS = ("accuracy", "macro_f1", "rmse", "rmse_expected")
@@ -123,11 +123,8 @@ def dataset_quality(
         <= baseline["test"]["rmse_expected"],
     }
     # How much of that verdict the test rows' own sampling could undo.
-    paired = dataset_significance(
-        name, data, text_columns, label_column, split_path,
-        [work / f"{name}-seed{seed}" for seed in seeds], baseline_rows, strict=False,
-    )  # fmt: skip
-    result["vs_baseline"] = {k: v for k, v in paired.items() if k not in ("name", "seeds")}
+    dirs = [work / f"{name}-seed{seed}" for seed in seeds]
+    result["vs_baseline"] = on_test_rows(texts, labels, split, dirs, baseline_rows, strict=False)
     return result
 
 

@@ -22,9 +22,13 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
+
+if TYPE_CHECKING:
+    from scorer.data import Labels
 
 RESAMPLES = 2000
 LEVEL = 0.95
@@ -96,14 +100,14 @@ def paired_bootstrap(
     tail = (1.0 - level) / 2 * 100
     out: dict[str, object] = {"rows": n, "resamples": resamples, "level": level}
     for metric, higher_better in zip(metrics, (True, False), strict=True):
-        m, b = getattr(model, metric), getattr(baseline, metric)
+        m, b = float(getattr(model, metric)()), float(getattr(baseline, metric)())
         delta = np.concatenate(deltas[metric])
         low, high = np.percentile(delta, [tail, 100 - tail])
         better = delta >= -TIE if higher_better else delta <= TIE
         out[metric] = {
-            "model": float(m()),
-            "baseline": float(b()),
-            "delta": float(m() - b()),
+            "model": m,
+            "baseline": b,
+            "delta": m - b,
             "low": float(low),
             "high": float(high),
             "model_at_least_as_good": float(better.mean()),
@@ -147,22 +151,37 @@ def dataset_significance(
     label_column: str,
     split_file: Path,
     model_dirs: Sequence[Path],
-    baseline_rows: dict | None = None,
-    *,
-    strict: bool = True,
 ) -> dict[str, object]:
-    """The paired bootstrap of one dataset's trained models against the baseline on its test
-    rows. Each model must still score the test metrics its metrics.json recorded (the same
-    model, data and split), or, not ``strict``, a warning says it does not (a model trained
-    and scored on a GPU, reloaded here on the CPU); ``baseline_rows``: the baseline's test
-    predictions, if already fitted."""
-    from benchmarks.baseline import tfidf_logistic_regression
+    """The paired bootstrap of one dataset's trained models against the baseline (refitted)
+    on its test rows; each model must still score the test metrics it recorded."""
     from scorer.data import read_labels, read_split_file, read_table, read_texts
 
     frame = read_table(data)
     texts = read_texts(frame, text_columns, data)
-    labels = read_labels(frame, label_column, data)
     split = read_split_file(split_file, len(texts))
+    labels = read_labels(frame, label_column, data)
+    return {
+        "name": name,
+        "seeds": len(model_dirs),
+        **on_test_rows(texts, labels, split, model_dirs),
+    }
+
+
+def on_test_rows(
+    texts: pl.Series,
+    labels: Labels,
+    split: np.ndarray,
+    model_dirs: Sequence[Path],
+    baseline_rows: dict | None = None,
+    *,
+    strict: bool = True,
+) -> dict[str, object]:
+    """The paired bootstrap on the test rows of ``split``. Each model must still score the
+    test metrics its metrics.json recorded (the same model, data and split), or, not
+    ``strict``, a warning says it does not (a model trained and scored on a GPU, reloaded
+    here on the CPU); ``baseline_rows``: the baseline's test predictions, if already fitted."""
+    from benchmarks.baseline import tfidf_logistic_regression
+
     test = np.flatnonzero(split == "test")
     truth = labels.index[test]
     model = model_row_scores(model_dirs, texts.gather(test), truth, labels.values)
@@ -192,7 +211,7 @@ def dataset_significance(
     base = RowScores.of(
         truth, [baseline_rows["pred_index"]], [baseline_rows["expected"]], labels.values
     )
-    return {"name": name, "seeds": len(model_dirs), **paired_bootstrap(model, base)}
+    return paired_bootstrap(model, base)
 
 
 def markdown(results: Sequence[dict]) -> str:
@@ -212,9 +231,8 @@ def markdown(results: Sequence[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
-    from benchmarks.common import DEFAULT_REVIEWS, DEFAULT_SPLIT, machine, save
-    from benchmarks.quality import WORK
-    from scorer.data import DEFAULT_TEXT_COLUMNS
+    from benchmarks.common import machine, save
+    from benchmarks.quality import WORK, dataset_options
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, nargs="+", required=True)
@@ -228,14 +246,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     if len(args.name) != len(args.data):
         parser.error("one --name per --data file")
     results = []
-    for i, (data, name) in enumerate(zip(args.data, args.name, strict=True)):
-        reference = data.resolve() == DEFAULT_REVIEWS.resolve()
-        splits = args.split_file or []
-        split = splits[i] if i < len(splits) else WORK / "splits" / f"{name}.csv"
-        if reference and i >= len(splits):
-            split = DEFAULT_SPLIT
-        text = tuple(args.text_col or (DEFAULT_TEXT_COLUMNS if reference else ("text",)))
-        label = args.label_col or ("Rating" if reference else "rating")
+    for i, data in enumerate(args.data):
+        name, split, text, label = dataset_options(args, i, data)
+        # No split file: the one benchmarks.quality drew for these models.
+        split = split or WORK / "splits" / f"{name}.csv"
         dirs = [WORK / f"{name}-seed{seed}" for seed in args.seeds]
         results.append(dataset_significance(name, data, text, label, split, dirs))
         print(markdown(results[-1:]).splitlines()[-1], flush=True)
