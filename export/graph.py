@@ -76,6 +76,7 @@ class InferenceGraph(nn.Module):
         self.embedding = model.embedding
         self.head = model.head
         self.wide = model.wide
+        self.linear = model.linear
         self.outputs = RatingOutputs(labels, config.regression)
         self.folded = (
             nn.ModuleList(
@@ -112,6 +113,8 @@ class InferenceGraph(nn.Module):
         output = self.head(features)
         if self.wide is not None:
             output = output + self.wide(ids, lengths)
+        if self.linear is not None:
+            output = output + self.linear(ids, lengths)
         if self.config.regression:
             output = output.squeeze(-1)
         return self.outputs(output)

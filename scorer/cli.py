@@ -153,6 +153,14 @@ def train_command(
         int | None,
         typer.Option(help="Average the weights of this many epochs ending at the best one."),
     ] = None,
+    blend: Annotated[
+        bool | None,
+        typer.Option(
+            "--blend/--no-blend",
+            help="After training, fit a linear model over idf-weighted n-grams on its own and "
+            "blend it in, the weights chosen on validation (classification only).",
+        ),
+    ] = None,
     budget: Annotated[
         float | None,
         typer.Option(

@@ -59,6 +59,9 @@ class ModelConfig:
     # The wide path (scorer.wide): a linear bag of unigrams and of bigrams hashed into this
     # many buckets, added to the LSTM's logits. 0: the LSTM alone.
     wide_buckets: int = 0
+    # The blended linear path (scorer.linear, fitted after training by scorer.blend): bigrams
+    # hashed into this many buckets. 0: none.
+    linear_buckets: int = 0
 
     @property
     def regression(self) -> bool:
@@ -78,8 +81,9 @@ class ModelConfig:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.wide_buckets < 0:
-            raise UserError(f"wide_buckets must be >= 0, got {self.wide_buckets}")
+        for name in ("wide_buckets", "linear_buckets"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,9 @@ class TrainConfig:
     # Checkpoint averaging: the mean weights of this many epochs ending at the best one
     # (kept if better on validation); 1 keeps the best epoch's weights.
     average_epochs: int = 1
+    # After the search: a linear model over idf-weighted n-grams fitted on its own and blended
+    # in on validation (scorer.blend). Classification only.
+    blend: bool = False
     # At least this many training examples seen: small data gets more epochs
     # (presets.apply_min_samples).
     min_samples: int = 0

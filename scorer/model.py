@@ -9,6 +9,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from scorer.config import ModelConfig
 from scorer.errors import UserError
+from scorer.linear import IdfNgrams
 from scorer.wide import WideNgrams
 
 
@@ -45,6 +46,11 @@ class ReviewLSTM(nn.Module):
             if config.wide_buckets
             else None
         )
+        self.linear = (
+            IdfNgrams(config.vocab_size, config.linear_buckets, config.outputs)
+            if config.linear_buckets
+            else None
+        )
 
     def forward(
         self,
@@ -77,6 +83,8 @@ class ReviewLSTM(nn.Module):
         logits = self.head(self.head_dropout(features))
         if self.wide is not None:
             logits = logits + self.wide(ids, lengths).to(logits.dtype)
+        if self.linear is not None:
+            logits = logits + self.linear(ids, lengths).to(logits.dtype)
         return logits.squeeze(-1) if self.config.regression else logits
 
     def _recur(

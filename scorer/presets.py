@@ -81,7 +81,8 @@ VARIANT_SHAPE = {
 
 MAX_EPOCHS = 40
 
-_MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"vocab_size", "num_labels"}
+# linear_buckets is set by the blend (scorer.blend), not an option.
+_MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"vocab_size", "num_labels", "linear_buckets"}
 _TOKENIZER_KEYS = {f.name for f in fields(TokenizerConfig)}
 # Set by resolve() and train_model(), not options.
 _TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"from_preset", "batch_source"}

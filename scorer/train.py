@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scorer.blend import blend_into
 from scorer.config import ModelConfig, TokenizerConfig, TrainConfig
 from scorer.cpus import available_cpus
 from scorer.data import read_labels, read_split_file, read_table, read_texts, stratified_split
@@ -149,6 +150,19 @@ def train_model(job: TrainJob) -> TrainResult:
         )
     model, cfg, objective = chosen["model"], chosen["cfg"], chosen["objective"]
     history, best_epoch, val = chosen["history"], chosen["best_epoch"], chosen["val"]
+    blended = None
+    if cfg.blend and not model_cfg.regression:
+        blended = blend_into(model, sets, vocab.tokens, judge)
+        print(
+            f"blend: linear model C {blended['c']:g}, a {blended['a']:.3f}, b {blended['b']:.3f}; "
+            f"val loss {blended['val_loss']['model']:.4f} -> {blended['val_loss']['blend']:.4f}",
+            file=sys.stderr,
+            flush=True,
+        )
+        prediction = predict(model, sets["val"], labels.values, runtime, judge)
+        val = rating_metrics(
+            sets["val"].label_index, prediction.pred_index, prediction.expected, labels.values
+        )
     test = None
     if "test" in sets:
         test_pred = predict(model, sets["test"], labels.values, runtime, objective)
@@ -178,6 +192,7 @@ def train_model(job: TrainJob) -> TrainResult:
             "padding_fraction": padding_stats(sets["train"].host_lengths, cfg.batch_size, cfg.seed),
             "rows": {name: len(r) for name, r in rows.items()},
             "search": [{k: t[k] for k in (*TRIAL_KEYS, "best_epoch", "seconds")} for t in trials],
+            "blend": blended,
         },
         overwrite=job.overwrite,
         training=training_fingerprint(job.data, job.split_file, rows),

@@ -1,0 +1,178 @@
+"""The idf-weighted linear path: the graph module against the fitting's design matrix, the
+fitter against scikit-learn's objective, and the blend weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scorer.blend import design, fit_idf, fit_logistic, fit_weights, linear_path, positions
+
+VOCAB, BUCKETS, CLASSES = 12, 16, 3
+
+
+def _random_ids(rng: np.random.Generator, n: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    ids = rng.integers(2, VOCAB, size=(n, steps))
+    lengths = rng.integers(0, steps + 1, size=n)
+    ids[np.arange(steps)[None, :] >= lengths[:, None]] = 0
+    return ids, lengths
+
+
+def _word() -> np.ndarray:
+    word = np.ones(VOCAB, dtype=bool)
+    word[[0, 1, 5]] = False  # <pad>, <unk>, and one whitespace token
+    return word
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), steps=st.integers(1, 9))
+def test_graph_path_computes_the_design_matrix_product(seed: int, steps: int) -> None:
+    rng = np.random.default_rng(seed)
+    ids, lengths = _random_ids(rng, 7, steps)
+    word = _word()
+    train = positions(ids, lengths, word, BUCKETS)
+    idf = fit_idf(train, VOCAB, BUCKETS)
+    weight = torch.from_numpy(rng.normal(size=(VOCAB + BUCKETS, CLASSES)))
+    expected = torch.sparse.mm(design(train, idf), weight) * 0.7
+    path = linear_path(VOCAB, BUCKETS, idf, word, weight, 0.7).double()
+    clamped = torch.from_numpy(np.clip(lengths, 1, steps))
+    with torch.no_grad():
+        got = path(torch.from_numpy(ids), clamped)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("ids", "feature_count"),
+    [
+        ([[3, 4, 0]], 3),  # two words and their bigram (length 2)
+        ([[3, 5, 4]], 2),  # whitespace between: no unigram for it, no bigram across it
+        ([[1, 3, 0]], 3),  # <unk> is a position (its idf is zero), and so is its bigram
+    ],
+)
+def test_positions_leave_out_non_words(ids: list[list[int]], feature_count: int) -> None:
+    array = np.array(ids)
+    lengths = np.array([int((array[0] != 0).sum())])
+    word = _word()
+    word[1] = True  # <unk> counts as a word here; fit_idf gives it no weight
+    assert len(positions(array, lengths, word, BUCKETS).columns) == feature_count
+
+
+def test_idf_zero_below_min_df_and_for_pad_and_unk() -> None:
+    ids = np.array([[3, 4], [3, 6], [3, 1]])
+    word = _word()
+    idf = fit_idf(positions(ids, np.array([2, 2, 2]), word, BUCKETS), VOCAB, BUCKETS)
+    assert idf[3] == pytest.approx(np.log(4 / 4) + 1.0)  # in all three reviews
+    assert idf[4] == 0.0 and idf[6] == 0.0  # in one review only
+    assert idf[1] == 0.0 and idf[0] == 0.0
+
+
+def test_fit_logistic_reaches_the_penalized_optimum() -> None:
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    rng = np.random.default_rng(0)
+    ids, lengths = _random_ids(rng, 200, 8)
+    lengths = np.maximum(lengths, 1)
+    target = (ids[:, 0] % CLASSES).astype(np.int64)
+    pos = positions(ids, lengths, _word(), BUCKETS)
+    x = design(pos, fit_idf(pos, VOCAB, BUCKETS))
+    xt = x.t().coalesce()
+    weight, bias = fit_logistic(x, xt, torch.from_numpy(target), CLASSES, c=2.0)
+    dense = x.to_dense().numpy()
+    reference = sklearn.LogisticRegression(C=2.0, tol=1e-10, max_iter=10_000).fit(dense, target)
+    ours = (dense @ weight.numpy()) + bias.numpy()
+    theirs = reference.decision_function(dense)
+
+    # Both are defined up to a constant per row; compare the softmax.
+    def softmax(z: np.ndarray) -> np.ndarray:
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
+    np.testing.assert_allclose(softmax(ours), softmax(theirs), atol=1e-4)
+
+
+def test_fit_weights_finds_the_blend_that_generated_the_labels() -> None:
+    rng = np.random.default_rng(1)
+    model = torch.from_numpy(rng.normal(size=(4000, CLASSES)))
+    linear = torch.from_numpy(rng.normal(size=(4000, CLASSES)))
+    truth = 0.6 * model + 1.5 * linear
+    torch.manual_seed(0)
+    target = torch.distributions.Categorical(logits=truth).sample()
+    a, b = fit_weights(model, linear, lambda z: torch.nn.functional.cross_entropy(z, target))
+    assert a == pytest.approx(0.6, abs=0.1) and b == pytest.approx(1.5, abs=0.1)
+
+
+def test_blend_into_folds_the_blend_into_the_model() -> None:
+    from scorer.blend import _logits, blend_into
+    from scorer.config import ModelConfig, TokenizerConfig
+    from scorer.device import choose_runtime
+    from scorer.fit import Objective
+    from scorer.model import ReviewLSTM
+    from scorer.train_data import to_dataset
+    from scorer.vocab import Vocab
+
+    rng = np.random.default_rng(3)
+    words = ["good", "bad", "fine", "great", "awful", "ok", "love", "hate"]
+    texts = [" ".join(rng.choice(words, size=rng.integers(1, 7))) for _ in range(120)]
+    label_index = np.array([len(t) % 3 for t in texts])
+    values = (1.0, 2.0, 3.0)
+    vocab = Vocab.build(texts, min_count=1)
+    runtime = choose_runtime("cpu", "fp32")
+    tok = TokenizerConfig(max_len=8)
+    sets = {
+        name: to_dataset(vocab, texts[part], label_index[part], values, tok, runtime)
+        for name, part in (("train", slice(0, 80)), ("val", slice(80, 120)))
+    }
+    torch.manual_seed(0)
+    config = ModelConfig(
+        variant="packed", vocab_size=len(vocab), num_labels=3, packed=True, wide_buckets=8
+    )
+    model = ReviewLSTM(config)
+    with torch.no_grad():
+        model.wide.unigram.weight.normal_()
+    judge = Objective(config, torch.tensor(values), expected_weight=0.5)
+    before = _logits(model, sets["val"])
+    record = blend_into(model, sets, vocab.tokens, judge, buckets=32)
+    after = _logits(model, sets["val"])
+    assert model.config.linear_buckets == 32 and model.linear is not None
+    linear = after - record["a"] * before
+    # What the model adds is b times the fitted linear model: its logits, recomputed from
+    # the same rows, match the folded path's output.
+    assert record["val_loss"]["blend"] <= record["val_loss"]["model"] + 1e-9
+    assert float(judge(after.float(), sets["val"].target)) == pytest.approx(
+        record["val_loss"]["blend"], abs=1e-5
+    )
+    assert linear.abs().max() > 0 or record["b"] == 0
+
+
+@pytest.mark.parametrize(("variant", "blended"), [("packed", True), ("regression", False)])
+def test_training_with_blend_writes_a_model_that_loads_and_exports_exactly(
+    tmp_path, variant: str, blended: bool
+) -> None:
+    import json
+
+    from scorer.blend import BUCKETS
+    from scorer.export.onnx_export import export_model
+    from scorer.model_dir import ModelDir
+    from scorer.presets import resolve
+    from scorer.train import TrainJob, train_model
+    from tests.helpers import write_reviews
+
+    data = write_reviews(tmp_path / "reviews.parquet", n=600)
+    options = {"budget": 0, "embedding_dim": 16, "hidden_dim": 16, "max_len": 24, "epochs": 3}
+    options |= {"batch_size": 32, "lr": 1e-2, "threads": 1, "variant": variant, "blend": True}
+    model_cfg, tok, train = resolve(options)
+    job = TrainJob(data, tmp_path / "model", model_cfg, tok, train, ("Title", "Review Text"))
+    result = train_model(job)
+    metrics = json.loads((result.model_dir.path / "metrics.json").read_text())
+    model = ModelDir.open(result.model_dir.path).load_model()
+    if not blended:  # regression has no logits to blend
+        assert metrics["blend"] is None and model.linear is None
+        return
+    record = metrics["blend"]
+    assert record["val_loss"]["blend"] <= record["val_loss"]["model"]
+    assert model.config.linear_buckets == BUCKETS and model.linear is not None
+    assert model.linear.unigram.weight.abs().sum() > 0
+    for graph in export_model(result.model_dir.path).graphs:
+        assert graph.report.worst_diff < 1e-4 and graph.report.argmax_mismatches == 0
