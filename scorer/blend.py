@@ -18,6 +18,7 @@ from scorer.fit import Objective
 from scorer.linear import IdfNgrams
 from scorer.model import ReviewLSTM
 from scorer.train_data import Dataset, make_batch
+from scorer.vocab import PAD_ID, UNK_ID
 from scorer.wide import PRIME
 
 C_GRID = (1.0, 4.0, 16.0)
@@ -57,7 +58,7 @@ def fit_idf(train: Positions, vocab: int, buckets: int) -> np.ndarray:
     distinct = np.unique(train.rows * width + train.columns) % width
     df = np.bincount(distinct, minlength=width)
     idf = np.where(df >= MIN_DF, np.log((1 + train.n) / (1 + df)) + 1.0, 0.0)
-    idf[:2] = 0.0
+    idf[[PAD_ID, UNK_ID]] = 0.0
     return idf
 
 
@@ -183,7 +184,7 @@ def blend_into(
     validation rows by ``judge`` (the objective the search compares by), and fold it into
     ``model`` in place. Returns what metrics.json records of it."""
     word = np.array([not t.isspace() for t in tokens])
-    word[:2] = False  # <pad>, <unk>
+    word[[PAD_ID, UNK_ID]] = False
     vocab = len(tokens)
     pos = {
         name: positions(sets[name].ids.cpu().numpy(), sets[name].host_lengths, word, buckets)

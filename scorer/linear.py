@@ -16,28 +16,21 @@ path holds such a model in a form the exported graph computes from the same toke
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from scorer.wide import PRIME
+from scorer.wide import WideNgrams, hashed_pairs
 
 IDF_SCALE = 16.0
 
 
-class IdfNgrams(nn.Module):
+class IdfNgrams(WideNgrams):
+    """The same two tables as the wide path, read with idf weights and a TF-IDF norm."""
+
     def __init__(self, vocab_size: int, buckets: int, outputs: int) -> None:
-        super().__init__()
-        self.buckets = buckets
-        self.unigram = nn.Embedding(vocab_size, outputs)
-        self.bigram = nn.Embedding(buckets, outputs)
-        nn.init.zeros_(self.unigram.weight)
-        nn.init.zeros_(self.bigram.weight)
+        super().__init__(vocab_size, buckets, outputs)
         # Buffers, saved with the weights: what a position weighs, and which tokens are words.
         self.register_buffer("unigram_idf", torch.zeros(vocab_size))
         self.register_buffer("bigram_idf", torch.zeros(buckets))
         self.register_buffer("word", torch.zeros(vocab_size))
-
-    def pairs(self, ids: torch.Tensor) -> torch.Tensor:
-        return torch.remainder(ids[:, :-1] * PRIME + ids[:, 1:], self.buckets)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """[B, K] logits (``lengths`` already clamped to [1, T])."""
@@ -45,7 +38,7 @@ class IdfNgrams(nn.Module):
         time = torch.arange(ids.shape[1], device=ids.device)[None, :]
         real = (time < lengths[:, None]).to(torch.float32)
         words = self.word[ids] * real
-        pairs = self.pairs(ids)
+        pairs = hashed_pairs(ids, self.buckets)
         both = words[:, :-1] * words[:, 1:]
         # Squares of idf / 16: 800 positions of idf 10 sum to 80,000 otherwise, past fp16's
         # largest value (65,504) in a half-precision graph.

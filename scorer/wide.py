@@ -18,6 +18,11 @@ from torch import nn
 PRIME = 1_000_003
 
 
+def hashed_pairs(ids: torch.Tensor, buckets: int) -> torch.Tensor:
+    """[B, T-1]: the bucket of each pair of adjacent ids."""
+    return torch.remainder(ids[:, :-1] * PRIME + ids[:, 1:], buckets)
+
+
 class WideNgrams(nn.Module):
     def __init__(self, vocab_size: int, buckets: int, outputs: int) -> None:
         super().__init__()
@@ -39,7 +44,7 @@ class WideNgrams(nn.Module):
         count = lengths.to(torch.float32)[:, None]
         unigrams = self.unigram(ids) * (time < lengths[:, None]).unsqueeze(-1)
         wide = unigrams.sum(dim=1) / torch.sqrt(count)
-        pairs = torch.remainder(ids[:, :-1] * PRIME + ids[:, 1:], max(self.buckets, 1))
+        pairs = hashed_pairs(ids, max(self.buckets, 1))
         real = (time[:, :-1] < (lengths - 1)[:, None]).unsqueeze(-1)
         bigrams = (self.bigram(pairs) * real).sum(dim=1)
         return wide + bigrams / torch.sqrt(torch.clamp(count - 1, min=1.0))
