@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# On a CUDA host without network: install the wheels carried from runs/device/load-N folders
-# (see benchmarks/device_prepare.py) and this project, then run the device check.
+# On a CUDA host without network: join the loads carried from runs/device/load-N (see
+# benchmarks/device_prepare.py), unpack them onto PYTHONPATH, then run the device check.
 #
 #   bash benchmarks/device_install.sh stash runs/device/load-3   # one call per load: copy to /tmp
-#   bash benchmarks/device_install.sh run [device-check args]    # join, install, run
+#   bash benchmarks/device_install.sh run [device-check args]    # join, unpack, run
 #
-# Files left in /tmp survive between calls while the machine stays warm (about 30 s).
+# Files left in /tmp survive between calls while the machine stays warm (about 30 s). The run
+# call carries runs/device/data (the reference reviews, which live outside the checkout) and may
+# carry the last load itself.
 set -euo pipefail
-STASH=/tmp/scorer-wheels
+STASH=/tmp/scorer-stash
 SITE=/tmp/scorer-site
 
 case "${1:-}" in
@@ -19,16 +21,19 @@ stash)
 run)
   shift
   cd "$(dirname "$0")/.."
-  for first in "$STASH"/*.part-00; do
-    [ -e "$first" ] || continue
-    whole="${first%.part-00}"
-    cat "${whole}".part-* > "$whole"
-    rm -f "${whole}".part-*
+  for load in runs/device/load-*; do
+    [ -d "$load" ] && cp "$load"/* "$STASH"/
   done
-  mkdir -p "$SITE"
-  python -m pip install --quiet --no-deps --no-index --target "$SITE" "$STASH"/*.whl
+  if [ ! -d "$SITE" ]; then
+    mkdir -p "$SITE.partial"
+    cat "$STASH"/site.tar.xz.part-* | xz -d -T0 | tar x -C "$SITE.partial"
+    mv "$SITE.partial" "$SITE"
+  fi
+  mkdir -p ../shared/data
+  cp -n runs/device/data/* ../shared/data/ 2>/dev/null || true
   export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
   python -c "import onnxruntime as o; o.preload_dlls(); print(o.__version__, o.get_available_providers())"
+  python -c "import polars, numba, sklearn; print('polars', polars.__version__, 'numba', numba.__version__)"
   python -m benchmarks.gpu "$@"
   ;;
 *)

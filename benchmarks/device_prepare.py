@@ -1,37 +1,36 @@
-"""Prepare the wheels a CUDA host without network needs for the device check.
+"""Prepare what a CUDA host without network needs for the device check, in loads one call carries.
 
-    python -m benchmarks.device_prepare [--out runs/device]
+    python -m benchmarks.device_prepare [--out runs/device] [--load-mib 50]
 
-The host has Python 3.12 with torch (CUDA 13), numpy, pyarrow, onnx, tqdm, typer and pytest;
-this downloads the rest for cp312 manylinux (polars, numba, llvmlite, psutil, hypothesis and
-its dependencies, onnxruntime-gpu 1.31.1) and cuts every file into pieces of at most 60 MiB,
-grouped into loads of at most 60 MiB: one device call carries 64 MiB at most. Each load is a
-folder (``runs/device/load-N``) to carry in one call; ``benchmarks/device_install.sh`` joins
-the pieces on the host, installs them into a target folder and runs the check.
+The host's image already has Python 3.12 with torch (CUDA 13), numpy, pyarrow, onnx, numba,
+llvmlite, psutil, hypothesis, scikit-learn, tqdm, typer and pytest, and the CPU build of
+onnxruntime. It lacks polars and onnxruntime-gpu: this downloads their cp312 manylinux wheels,
+unpacks them into one tree (a wheel is a zip; these have no ``.data`` folder, so unpacking is
+installing), packs that tree as one xz-compressed tar (about 3/4 of the wheels' size: the CUDA
+provider library compresses better under xz than under a wheel's deflate) and cuts the archive
+into loads of at most ``--load-mib`` MiB. One call carries 64 MiB in all, the project's tree
+included. Each load is a folder (``runs/device/load-N``); ``benchmarks/device_install.sh``
+joins them on the host, unpacks the tree onto ``PYTHONPATH`` (so onnxruntime-gpu shadows the
+image's CPU onnxruntime rather than being installed beside it) and runs the check. The reference
+reviews, which live outside the checkout, are copied to ``runs/device/data`` to travel too.
 """
 
 from __future__ import annotations
 
 import argparse
+import lzma
+import shutil
 import subprocess
 import sys
+import tarfile
+import zipfile
 from pathlib import Path
 
-from benchmarks.common import REPO
+from benchmarks.common import DEFAULT_REVIEWS, DEFAULT_SPLIT, REPO
 
-PIECE = 60 << 20
-WHEELS = [
-    "polars",
-    "polars-runtime-32",
-    "numba",
-    "llvmlite",
-    "psutil",
-    "hypothesis",
-    "attrs",
-    "sortedcontainers",
-    "onnxruntime-gpu==1.31.1",
-]
+WHEELS = ["polars==2.1.0", "polars-runtime-32==2.1.0", "onnxruntime-gpu==1.31.1"]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux2014_x86_64"]
+ARCHIVE = "site.tar.xz"
 
 
 def download(target: Path) -> list[Path]:
@@ -39,40 +38,67 @@ def download(target: Path) -> list[Path]:
     platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
     command = [
         sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
-        "--python-version", "3.12", *platforms, "--no-deps", "-d", str(target), *WHEELS,
+        "--python-version", "3.12", "--implementation", "cp", *platforms, "--no-deps",
+        "-d", str(target), *WHEELS,
     ]  # fmt: skip
     subprocess.run(command, check=True)
-    return sorted(target.glob("*.whl"))
+    names = [w.split("==")[0].replace("-", "_") for w in WHEELS]
+    return [next(target.glob(f"{name}-*.whl")) for name in names]
 
 
-def pieces(wheel: Path) -> list[tuple[str, bytes]]:
-    data = wheel.read_bytes()
-    if len(data) <= PIECE:
-        return [(wheel.name, data)]
-    return [
-        (f"{wheel.name}.part-{i:02d}", data[start : start + PIECE])
-        for i, start in enumerate(range(0, len(data), PIECE))
-    ]
+def pack(wheels: list[Path], archive: Path) -> None:
+    """One xz tar of the wheels' unpacked contents (multi-threaded xz where the CLI exists)."""
+    stage = archive.parent / "site"
+    shutil.rmtree(stage, ignore_errors=True)
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as zf:
+            if any(".data/" in n for n in zf.namelist()):
+                raise SystemExit(f"{wheel.name} has a .data folder: unpacking is not installing")
+            zf.extractall(stage)
+    if shutil.which("xz"):
+        tar = subprocess.Popen(["tar", "cf", "-", "-C", str(stage), "."], stdout=subprocess.PIPE)
+        with archive.open("wb") as out:
+            subprocess.run(["xz", "-T0", "-6"], stdin=tar.stdout, stdout=out, check=True)
+        if tar.wait():
+            raise SystemExit("tar failed")
+    else:
+        with lzma.open(archive, "wb", preset=6) as out, tarfile.open(fileobj=out, mode="w") as tf:
+            tf.add(stage, arcname=".")
+    shutil.rmtree(stage)
+
+
+def cut(archive: Path, out: Path, load_bytes: int) -> list[Path]:
+    """``load-N/<archive>.part-NN`` folders, each under ``load_bytes``."""
+    folders = []
+    with archive.open("rb") as src:
+        while chunk := src.read(load_bytes):
+            folder = out / f"load-{len(folders)}"
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            (folder / f"{archive.name}.part-{len(folders):02d}").write_bytes(chunk)
+            folders.append(folder)
+    return folders
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "device")
+    parser.add_argument(
+        "--load-mib", type=int, default=50, help="one load's size; 64 less the project's tree"
+    )
     args = parser.parse_args(argv)
     wheels = download(args.out / "wheels")
-    loads: list[list[tuple[str, bytes]]] = [[]]
-    for wheel in sorted(wheels, key=lambda w: -w.stat().st_size):
-        for name, data in pieces(wheel):
-            if sum(len(d) for _, d in loads[-1]) + len(data) > PIECE:
-                loads.append([])
-            loads[-1].append((name, data))
-    for index, load in enumerate(loads):
-        folder = args.out / f"load-{index}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, data in load:
-            (folder / name).write_bytes(data)
-        size = sum(len(d) for _, d in load) / (1 << 20)
-        print(f"{folder}: {len(load)} files, {size:.1f} MiB")
+    archive = args.out / ARCHIVE
+    pack(wheels, archive)
+    for folder in cut(archive, args.out, args.load_mib << 20):
+        size = sum(f.stat().st_size for f in folder.iterdir()) / (1 << 20)
+        print(f"{folder}: {size:.1f} MiB")
+    data = args.out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for source in (DEFAULT_REVIEWS, DEFAULT_SPLIT):
+        if source.is_file():
+            shutil.copyfile(source, data / source.name)
+    print(f"{data}: the reference reviews, to carry with the run")
 
 
 if __name__ == "__main__":

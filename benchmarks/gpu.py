@@ -2,8 +2,8 @@
 
     python -m benchmarks.gpu [--rows 4000000] [--quick]
 
-1. pytest's CUDA tests (they skip elsewhere);
-2. two epochs of the default model on CUDA, fp32 against AMP (fp16 + GradScaler);
+1. the whole pytest suite, its CUDA tests among it (they skip elsewhere);
+2. the default recipe on CUDA with its AMP choice, judged on test; two epochs in fp32 beside it;
 3. the export of every graph (CPU, CUDA, CUDA fp16), validated on the CUDA provider;
 4. the model alone: reviews/s of each graph on CUDA at batch 2k, 16k and 64k, and of the CPU
    graph on all of the host's cores, in the same run;
@@ -18,12 +18,15 @@ as skipped with its reason (a dry run; tests/test_benchmarks.py runs it here).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import re
 import subprocess
 import sys
 import threading
 import time
+import traceback
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -75,49 +78,84 @@ def environment() -> dict:
     return facts
 
 
-def step_tests(skip: str | None) -> dict:
+def step_tests(skip: str | None, timeout: float = 150) -> dict:
+    """The whole suite on the host, the CUDA tests among it (they skip elsewhere); spread over
+    8 workers where pytest-xdist is installed (the image has it)."""
     if skip:
         return {"skipped": skip}
     began = time.perf_counter()
-    done = subprocess.run(
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+               "--continue-on-collection-errors"]  # fmt: skip
+    if importlib.util.find_spec("xdist") is not None:
+        command += ["-n", "8"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        return {"timed_out": timeout, "tail": out[-3000:]}
+    lines = done.stdout.strip().splitlines()
+    tail = lines[-1] if lines else done.stderr[-500:]
+    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error)", tail)}
+    cuda = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py",
-         "tests/test_train.py", "-k", "cuda"],
+         "--collect-only"],
         capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
-    tail = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:]
-    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error)", tail)}
     return {
         "returncode": done.returncode,
         "summary": tail,
         **counts,
+        "skips": [line for line in lines if line.startswith("SKIPPED")],
+        "failures": [line for line in lines if line.startswith(("FAILED", "ERROR"))],
+        "cuda_tests_collected": cuda.stdout.strip().splitlines()[-1:],
         "seconds": time.perf_counter() - began,
     }
 
 
 def step_training(skip: str | None, epochs: int) -> dict:
+    """The default recipe on CUDA with its AMP choice (``--precision auto``), search included,
+    judged on the test rows; then ``epochs`` epochs in fp32 for the per-epoch comparison."""
     if skip:
         return {"skipped": skip}
     from scorer.data import DEFAULT_TEXT_COLUMNS
     from scorer.presets import resolve
     from scorer.train import TrainJob, train_model
 
-    results = {}
-    for precision in ("fp32", "fp16"):
-        model, tok, train = resolve(
-            {"epochs": epochs, "device": "cuda", "precision": precision, "budget": 0}
-        )
+    results: dict = {}
+    runs = {"auto": {}, "fp32": {"epochs": epochs, "budget": 0}}
+    for precision, overrides in runs.items():
+        model, tok, train = resolve({"device": "cuda", "precision": precision, **overrides})
         result = train_model(
             TrainJob(DEFAULT_REVIEWS, WORK / f"gpu-{precision}", model, tok, train,
                      DEFAULT_TEXT_COLUMNS, split_file=DEFAULT_SPLIT, overwrite=True)
         )  # fmt: skip
         metrics = json.loads((result.model_dir.path / "metrics.json").read_text())
         results[precision] = {
+            "seconds": metrics["seconds"],
             "seconds_per_epoch": median([h["seconds"] for h in metrics["history"]]),
-            "val": {k: metrics["val"][k] for k in ("accuracy", "rmse_expected")},
+            "epochs": len(metrics["history"]),
+            "search": [t.get("variant") or "default" for t in metrics["search"]],
+            **{
+                split: {k: metrics[split][k] for k in ("accuracy", "rmse_expected")}
+                for split in ("val", "test")
+                if metrics.get(split)
+            },
             "precision": metrics["precision"],
             "batch": metrics.get("batch"),
         }
+    results["this_box_default_train_seconds"] = _cpu_train_seconds()
     return results
+
+
+def _cpu_train_seconds() -> list[float] | None:
+    """The default recipe's training seconds on the reference reviews on the 2-core VM, from
+    the committed quality results (None where that file is absent)."""
+    path = RESULTS / "2026-11-26-vm-quality-datasets.json"
+    if not path.is_file():
+        return None
+    datasets = json.loads(path.read_text())["datasets"]
+    reference = next((d for d in datasets if d["name"] == "reference"), None)
+    return [r["train_seconds"] for r in reference["model"]["runs"]] if reference else None
 
 
 def step_export(skip: str | None, model_dir: Path) -> dict:
@@ -232,6 +270,18 @@ def step_end_to_end(skip: str | None, rows: int, model_dir: Path) -> dict:
     return results
 
 
+def guarded(name: str, step: Callable[[], dict]) -> dict:
+    """A step's result, or its traceback: device time is scarce, so one broken step must not
+    cost the figures of the others."""
+    began = time.perf_counter()
+    try:
+        result = step()
+    except Exception:  # reported in the results file; the run goes on
+        result = {"error": traceback.format_exc()[-4000:]}
+    print(f"{name}: {time.perf_counter() - began:.0f}s {json.dumps(result)[:600]}", flush=True)
+    return result
+
+
 def markdown(report: dict) -> str:
     lines = [
         f"# Device check, {report['date']}",
@@ -259,17 +309,21 @@ def main(argv: list[str] | None = None) -> dict:
         help="an exported model for steps 4-5 (default: the one step 2 trains on CUDA)",
     )
     args = parser.parse_args(argv)
-    model_dir = args.model_dir or WORK / "gpu-fp16"
+    model_dir = args.model_dir or WORK / "gpu-auto"
     WORK.mkdir(parents=True, exist_ok=True)
     skip = cuda_status()
     began = time.perf_counter()
     report: dict = {"date": date.today().isoformat(), "cuda": skip or "available"}
     report["environment"] = environment()
-    report["tests"] = step_tests(skip)
-    report["training"] = step_training(skip, args.epochs)
-    report["export"] = step_export(skip, model_dir)
-    report["model_alone"] = step_model_alone(skip, args.quick, model_dir)
-    report["end_to_end"] = step_end_to_end(skip, args.rows, model_dir)
+    steps = {
+        "tests": lambda: step_tests(skip),
+        "training": lambda: step_training(skip, args.epochs),
+        "export": lambda: step_export(skip, model_dir),
+        "model_alone": lambda: step_model_alone(skip, args.quick, model_dir),
+        "end_to_end": lambda: step_end_to_end(skip, args.rows, model_dir),
+    }
+    for name, step in steps.items():
+        report[name] = guarded(name, step)
     report["seconds"] = time.perf_counter() - began
     gpu = report["environment"].get("gpu") or "no-gpu"
     stem = args.out / f"{report['date']}-{re.sub(r'[^A-Za-z0-9]+', '-', gpu).strip('-').lower()}"

@@ -30,6 +30,7 @@ def test_device_check_dry_run_reports_every_cuda_step_skipped(
         ["--rows", "3000", "--quick", "--model-dir", str(model), "--out", str(tmp_path)]
     )
     reason = gpu.cuda_status()
+    assert not [s for s, r in report.items() if isinstance(r, dict) and "error" in r]
     for step in ("tests", "training", "export"):
         assert report[step] == {"skipped": reason}
     assert report["model_alone"]["cuda"] == {"skipped": reason}
