@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -78,7 +79,7 @@ def environment() -> dict:
     return facts
 
 
-def step_tests(skip: str | None, timeout: float = 150) -> dict:
+def step_tests(skip: str | None, timeout: float = 180) -> dict:
     """The whole suite on the host, the CUDA tests among it (they skip elsewhere); spread over
     8 workers where pytest-xdist is installed (the image has it)."""
     if skip:
@@ -89,7 +90,11 @@ def step_tests(skip: str | None, timeout: float = 150) -> dict:
     if importlib.util.find_spec("xdist") is not None:
         command += ["-n", "8"]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=timeout)
+        # Two torch threads a worker: 8 workers at 16 threads each on 16 cores crawl.
+        env = {**os.environ, "OMP_NUM_THREADS": "2"}
+        done = subprocess.run(
+            command, capture_output=True, text=True, cwd=REPO, timeout=timeout, env=env
+        )
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
         return {"timed_out": timeout, "tail": out[-3000:]}

@@ -16,6 +16,7 @@ path holds such a model in a form the exported graph computes from the same toke
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
 
 from scorer.wide import WideNgrams, hashed_pairs
 
@@ -39,7 +40,7 @@ class IdfNgrams(WideNgrams):
         real = (time < lengths[:, None]).to(torch.float32)
         words = self.word[ids] * real
         pairs = hashed_pairs(ids, self.buckets)
-        both = words[:, :-1] * words[:, 1:]
+        both = words * F.pad(words[:, 1:], (0, 1))  # [B, T], as the pairs
         # Squares of idf / 16: 800 positions of idf 10 sum to 80,000 otherwise, past fp16's
         # largest value (65,504) in a half-precision graph.
         unigram_idf = self.unigram_idf[ids] * real / IDF_SCALE

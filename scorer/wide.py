@@ -14,13 +14,21 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from scorer.vocab import PAD_ID
 
 PRIME = 1_000_003
 
 
 def hashed_pairs(ids: torch.Tensor, buckets: int) -> torch.Tensor:
-    """[B, T-1]: the bucket of each pair of adjacent ids."""
-    return torch.remainder(ids[:, :-1] * PRIME + ids[:, 1:], buckets)
+    """[B, T]: the bucket of each pair of adjacent ids, the last id paired with ``<pad>``.
+
+    That last pair is never a real one (callers mask it), but it keeps the pair axis as long as
+    the time axis: with one token the pair axis would be empty, and onnxruntime's CUDA provider
+    refuses to sum over an empty axis (the CPU provider sums it to zero)."""
+    padded = F.pad(ids, (0, 1), value=PAD_ID)
+    return torch.remainder(padded[:, :-1] * PRIME + padded[:, 1:], buckets)
 
 
 class WideNgrams(nn.Module):
@@ -45,6 +53,6 @@ class WideNgrams(nn.Module):
         unigrams = self.unigram(ids) * (time < lengths[:, None]).unsqueeze(-1)
         wide = unigrams.sum(dim=1) / torch.sqrt(count)
         pairs = hashed_pairs(ids, max(self.buckets, 1))
-        real = (time[:, :-1] < (lengths - 1)[:, None]).unsqueeze(-1)
+        real = (time < (lengths - 1)[:, None]).unsqueeze(-1)
         bigrams = (self.bigram(pairs) * real).sum(dim=1)
         return wide + bigrams / torch.sqrt(torch.clamp(count - 1, min=1.0))

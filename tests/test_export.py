@@ -166,3 +166,34 @@ def _edit_config(directory, **changes) -> None:
 def test_export_refuses_unknown_model_dir(tmp_path) -> None:
     with pytest.raises(UserError, match="not a model directory"):
         export_model(tmp_path / "missing")
+
+
+def _reduce_inputs(path, ids: np.ndarray, lengths: np.ndarray) -> dict[str, tuple[int, ...]]:
+    """The shape of what each top-level Reduce* node of a graph reads, for one batch."""
+    graph = onnx.load(str(path))
+    names = sorted({n.input[0] for n in graph.graph.node if n.op_type.startswith("Reduce")})
+    outputs = {o.name for o in graph.graph.output}
+    graph.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in outputs)
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(names, {"input_ids": ids, "lengths": lengths})
+    return {name: value.shape for name, value in zip(names, got, strict=True)}
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5])
+@pytest.mark.parametrize(
+    "paths", [{"wide_buckets": 64}, {"wide_buckets": 64, "linear_buckets": 32}]
+)
+def test_no_graph_reduces_over_an_empty_axis(tmp_path, steps, paths) -> None:
+    """onnxruntime's CUDA provider refuses a sum over an empty axis (the CPU provider returns
+    zeros, so CPU validation alone misses it): one-token reviews once left the wide path's
+    bigram axis empty and failed every CUDA export."""
+    model_dir = make_model_dir(tmp_path / "m", variant="packed", **paths)
+    result = export_model(model_dir.path, fp16=True)
+    ids = np.full((3, steps), 5, dtype=np.int32)
+    lengths = np.full(3, steps, dtype=np.int64)
+    graphs = [g.path for g in result.graphs]
+    assert {p.name for p in graphs} == {"model.onnx", "model.cuda.onnx", "model.cuda.fp16.onnx"}
+    for path in graphs:
+        shapes = _reduce_inputs(path, ids, lengths)
+        assert shapes, f"{path.name}: no Reduce node found (the wide path is missing)"
+        assert {n: s for n, s in shapes.items() if 0 in s} == {}, path.name
