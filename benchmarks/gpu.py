@@ -79,13 +79,13 @@ def environment() -> dict:
     return facts
 
 
-def step_tests(skip: str | None, timeout: float = 180) -> dict:
+def step_tests(skip: str | None, timeout: float = 120) -> dict:
     """The whole suite on the host, the CUDA tests among it (they skip elsewhere); spread over
     8 workers where pytest-xdist is installed (the image has it)."""
     if skip:
         return {"skipped": skip}
     began = time.perf_counter()
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs",
                "--continue-on-collection-errors"]  # fmt: skip
     if importlib.util.find_spec("xdist") is not None:
         command += ["-n", "8"]

@@ -11,6 +11,10 @@ from scorer.config import ModelCard
 
 BATCHES = (1, 3, 64, 1000)
 TOLERANCE = 1e-4
+# onnxruntime's CUDA provider runs fp32 matrix products and cuDNN's LSTM in TF32 (its use_tf32
+# default): 10-bit mantissas put probabilities up to ~6e-4 from PyTorch's fp32 on an H100 over
+# 120 steps. The bar the GPU check holds CUDA to against the CPU provider is 1e-3.
+CUDA_TOLERANCE = 1e-3
 
 
 class Verdict:
@@ -103,11 +107,16 @@ def validate_against_torch(
     model,
     card: ModelCard,
     *,
-    tolerance: float = TOLERANCE,
+    tolerance: float | None = None,
     seed: int = 0,
     provider: str = "CPUExecutionProvider",
 ) -> ValidationReport:
+    """``tolerance``: on probabilities; by default ``CUDA_TOLERANCE`` on the CUDA provider (TF32),
+    else ``TOLERANCE``."""
     import onnxruntime as ort
+
+    if tolerance is None:
+        tolerance = CUDA_TOLERANCE if provider == "CUDAExecutionProvider" else TOLERANCE
 
     session = ort.InferenceSession(str(onnx_path), providers=[provider])
     if session.get_providers()[0] != provider:

@@ -504,7 +504,8 @@ def test_the_wide_path_learns_and_exports_exactly(tmp_path, reviews) -> None:
     assert state["wide.bigram.weight"].abs().sum() > 0  # it learned
     assert result.test is not None and result.test.accuracy > 0.45
     for graph in export_model(result.model_dir.path).graphs:
-        assert graph.report.worst_diff < 1e-4 and graph.report.argmax_mismatches == 0
+        report = graph.report  # 1e-4 on the CPU provider, 1e-3 on CUDA (TF32)
+        assert report.worst_diff <= report.tolerance and report.argmax_mismatches == 0
 
 
 @pytest.mark.parametrize(("averaged_loss", "kept"), [(0.5, True), (1.5, False)])
