@@ -21,6 +21,9 @@ from scorer.train import TrainJob, train_model
 from tests.helpers import make_reviews, write_reviews, write_vectors
 
 SMALL = {
+    # The CPU unless a test asks for CUDA: these tests assert what runs on the CPU, and
+    # "auto" picks the GPU on a CUDA host (the device check runs this suite there).
+    "device": "cpu",
     "budget": 0,
     "embedding_dim": 16,
     "hidden_dim": 16,
