@@ -1,9 +1,12 @@
-"""The benchmark scripts run (tiny sizes): the device check's dry run and the host-only run."""
+"""The benchmark scripts run (tiny sizes): the device check's dry run, the host-only run and the
+linear fit's layouts."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
+import polars as pl
 import pytest
 
 from scorer.export.onnx_export import export_model
@@ -114,3 +117,24 @@ def test_quality_on_any_labelled_file_reports_model_and_baseline_and_the_search(
     split = tmp_path / "splits" / "mine.csv"
     with pytest.raises(SystemExit, match="another model, data file or split"):
         dataset_significance("mine", data, ("body",), "stars", split, [seed0])
+
+
+def test_blend_fit_reaches_the_same_optimum_with_either_layout(tmp_path, monkeypatch) -> None:
+    """The benchmark behind the CSR products: both layouts fit the same model (its timings are
+    figures, never asserted)."""
+    from benchmarks import blend_fit, common
+    from tests.helpers import write_reviews
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    data = write_reviews(tmp_path / "reviews.csv", n=300)
+    split = tmp_path / "split.csv"
+    names = np.where(np.arange(300) % 5 == 0, "val", "train")
+    pl.DataFrame({"row": np.arange(300), "split": names}).write_csv(split)
+    argv = ["--data", str(data), "--split-file", str(split), "--repeats", "2"]
+    report = blend_fit.main(argv)
+    assert report["rows"] == {"train": 240, "val": 60}
+    assert [len(report[layout]["runs"]) for layout in ("coo", "csr")] == [2, 2]
+    for coo, csr in zip(report["coo"]["runs"][0], report["csr"]["runs"][1], strict=True):
+        assert coo["c"] == csr["c"]
+        assert abs(coo["val_ce"] - csr["val_ce"]) < 1e-6
+    assert len(list((tmp_path / "results").glob("*-blend-fit.json"))) == 1

@@ -9,7 +9,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scorer.blend import design, fit_idf, fit_logistic, fit_weights, linear_path, positions
+from scorer.blend import (
+    design,
+    fit_idf,
+    fit_logistic,
+    fit_weights,
+    linear_path,
+    positions,
+    products,
+)
 
 VOCAB, BUCKETS, CLASSES = 12, 16, 3
 
@@ -77,8 +85,7 @@ def test_fit_logistic_reaches_the_penalized_optimum() -> None:
     target = (ids[:, 0] % CLASSES).astype(np.int64)
     pos = positions(ids, lengths, _word(), BUCKETS)
     x = design(pos, fit_idf(pos, VOCAB, BUCKETS))
-    xt = x.t().coalesce()
-    weight, bias = fit_logistic(x, xt, torch.from_numpy(target), CLASSES, c=2.0)
+    weight, bias = fit_logistic(*products(x), torch.from_numpy(target), CLASSES, c=2.0)
     dense = x.to_dense().numpy()
     reference = sklearn.LogisticRegression(C=2.0, tol=1e-10, max_iter=10_000).fit(dense, target)
     ours = (dense @ weight.numpy()) + bias.numpy()
@@ -173,6 +180,8 @@ def test_training_with_blend_writes_a_model_that_loads_and_exports_exactly(
         return
     record = metrics["blend"]
     assert record["val_loss"]["blend"] <= record["val_loss"]["model"]
+    spent = record["seconds"]
+    assert 0 < spent["features"] + spent["fit"] <= spent["total"]
     assert model.config.linear_buckets == BUCKETS and model.linear is not None
     assert model.linear.unigram.weight.abs().sum() > 0
     for graph in export_model(result.model_dir.path).graphs:
