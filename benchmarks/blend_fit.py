@@ -20,10 +20,19 @@ import numpy as np
 import torch
 
 from benchmarks.common import DEFAULT_REVIEWS, DEFAULT_SPLIT, machine, median, save
-from scorer.blend import BUCKETS, C_GRID, design, fit_idf, fit_logistic, positions, products
+from scorer.blend import (
+    BUCKETS,
+    C_GRID,
+    design,
+    fit_idf,
+    fit_logistic,
+    positions,
+    products,
+    word_mask,
+)
 from scorer.data import DEFAULT_TEXT_COLUMNS, read_labels, read_split_file, read_table, read_texts
 from scorer.presets import fit_lengths, resolve
-from scorer.vocab import PAD_ID, UNK_ID, Vocab
+from scorer.vocab import Vocab
 
 
 def features(data: Path, split_file: Path) -> tuple[dict, dict, int]:
@@ -37,8 +46,7 @@ def features(data: Path, split_file: Path) -> tuple[dict, dict, int]:
     vocab = Vocab.build(
         texts.gather(rows["train"]), min_count=tok.min_count, keep_whitespace=tok.keep_whitespace
     )
-    word = np.array([not t.isspace() for t in vocab.tokens])
-    word[[PAD_ID, UNK_ID]] = False
+    word = word_mask(vocab.tokens)
     pos, target = {}, {}
     for name, r in rows.items():
         encoded = vocab.encode(

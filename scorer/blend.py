@@ -38,6 +38,13 @@ class Positions:
     n: int
 
 
+def word_mask(tokens: Sequence[str]) -> np.ndarray:
+    """Which vocabulary ids are words (features): not whitespace tokens, ``<pad>`` or ``<unk>``."""
+    word = np.array([not t.isspace() for t in tokens])
+    word[[PAD_ID, UNK_ID]] = False
+    return word
+
+
 def positions(ids: np.ndarray, lengths: np.ndarray, word: np.ndarray, buckets: int) -> Positions:
     n, steps = ids.shape
     ids = ids.astype(np.int64)
@@ -195,8 +202,7 @@ def blend_into(
     validation rows by ``judge`` (the objective the search compares by), and fold it into
     ``model`` in place. Returns what metrics.json records of it."""
     began = time.perf_counter()
-    word = np.array([not t.isspace() for t in tokens])
-    word[[PAD_ID, UNK_ID]] = False
+    word = word_mask(tokens)
     vocab = len(tokens)
     pos = {
         name: positions(sets[name].ids.cpu().numpy(), sets[name].host_lengths, word, buckets)
