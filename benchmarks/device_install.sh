@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/device_install.sh stash runs/device/load-3   # one call per load: copy to /tmp
 #   bash benchmarks/device_install.sh run [device-check args]    # join, unpack, run
+#   bash benchmarks/device_install.sh exec CMD [ARGS...]          # join, unpack, run CMD there
 #
 # Files left in /tmp survive between calls while the machine stays warm (about 30 s). The run
 # call carries runs/device/data (the reference reviews, which live outside the checkout) and may
@@ -18,7 +19,8 @@ stash)
   cp "$2"/* "$STASH"/
   ls -la "$STASH" | tail -n +2
   ;;
-run)
+run | exec)
+  mode=$1
   shift
   cd "$(dirname "$0")/.."
   for load in runs/device/load-*; do
@@ -34,10 +36,13 @@ run)
   export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
   python -c "import onnxruntime as o; o.preload_dlls(); print(o.__version__, o.get_available_providers())"
   python -c "import polars, numba, sklearn; print('polars', polars.__version__, 'numba', numba.__version__)"
+  if [ "$mode" = exec ]; then
+    exec "$@"
+  fi
   python -m benchmarks.gpu "$@"
   ;;
 *)
-  echo "usage: $0 stash DIR | run [args]" >&2
+  echo "usage: $0 stash DIR | run [args] | exec CMD [args]" >&2
   exit 2
   ;;
 esac

@@ -11,10 +11,14 @@ from scorer.config import ModelCard
 
 BATCHES = (1, 3, 64, 1000)
 TOLERANCE = 1e-4
-# onnxruntime's CUDA provider runs fp32 matrix products and cuDNN's LSTM in TF32 (its use_tf32
-# default): 10-bit mantissas put probabilities up to ~6e-4 from PyTorch's fp32 on an H100 over
-# 120 steps. The bar the GPU check holds CUDA to against the CPU provider is 1e-3.
+# onnxruntime's CUDA provider runs fp32 matrix products in TF32 by default (its use_tf32): 10-bit
+# mantissas put a trained model's probabilities up to 6.2e-4 from PyTorch's fp32 on an H100, and
+# the tests' random weights (3x their init) up to 3.6e-3. Validation checks the graph, not that
+# rounding, so it runs with TF32 off (CUDA_VALIDATION_OPTIONS): the same random models then
+# agree within 1.4e-6 on an H100. Scoring keeps TF32, and the GPU check holds its scores to the
+# CPU provider's within 1e-3. The bar stays 1e-3 until longer sequences are measured there.
 CUDA_TOLERANCE = 1e-3
+CUDA_VALIDATION_OPTIONS = {"use_tf32": "0"}
 
 
 class Verdict:
@@ -111,14 +115,15 @@ def validate_against_torch(
     seed: int = 0,
     provider: str = "CPUExecutionProvider",
 ) -> ValidationReport:
-    """``tolerance``: on probabilities; by default ``CUDA_TOLERANCE`` on the CUDA provider (TF32),
+    """``tolerance``: on probabilities; by default ``CUDA_TOLERANCE`` on the CUDA provider,
     else ``TOLERANCE``."""
     import onnxruntime as ort
 
+    cuda = provider == "CUDAExecutionProvider"
     if tolerance is None:
-        tolerance = CUDA_TOLERANCE if provider == "CUDAExecutionProvider" else TOLERANCE
-
-    session = ort.InferenceSession(str(onnx_path), providers=[provider])
+        tolerance = CUDA_TOLERANCE if cuda else TOLERANCE
+    options = CUDA_VALIDATION_OPTIONS if cuda else {}
+    session = ort.InferenceSession(str(onnx_path), providers=[(provider, options)])
     if session.get_providers()[0] != provider:
         raise RuntimeError(f"could not validate {onnx_path} on {provider}")
     rng = np.random.default_rng(seed)

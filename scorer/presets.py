@@ -68,6 +68,10 @@ REFERENCE: dict[str, Any] = {
 # validation rows (README, "Model quality"; the runs are in
 # benchmarks/results/2026-11-26-vm-quality-ablation.jsonl).
 CUDA_DEFAULT: dict[str, Any] = {"batch_size": 512, "lr": 6e-3}
+# Below this many CUDA batches of training rows an epoch, the CPU default applies on CUDA too:
+# a few thousand reviews would make a handful of steps an epoch (or none: fewer rows than one
+# batch), and small data trains in seconds at any batch size.
+MIN_CUDA_BATCHES = 16
 BATCH_KEYS = ("batch_size", "lr")
 
 REFERENCE_DROPOUT = {"fixed": 0.2, "packed": 0.3, "vectors": 0.2, "regression": 0.2}
@@ -151,14 +155,21 @@ def resolve(
 
 
 def batch_preset(
-    device_type: str, given: dict[str, Any], default: dict[str, Any] = DEFAULT
+    device_type: str,
+    given: dict[str, Any],
+    default: dict[str, Any] = DEFAULT,
+    train_rows: int | None = None,
 ) -> tuple[int, float, str]:
     """Batch size, learning rate and where they came from, once the device is known.
 
-    ``given``: the ones the user set. On CUDA the others come from ``CUDA_DEFAULT``;
-    elsewhere from ``default``. A given value is never replaced.
+    ``given``: the ones the user set. On CUDA the others come from ``CUDA_DEFAULT``, unless
+    ``train_rows`` make fewer than ``MIN_CUDA_BATCHES`` of its batches; elsewhere from
+    ``default``. A given value is never replaced.
     """
     preset, name = (CUDA_DEFAULT, "cuda preset") if device_type == "cuda" else (default, "default")
+    small = train_rows is not None and train_rows < MIN_CUDA_BATCHES * CUDA_DEFAULT["batch_size"]
+    if device_type == "cuda" and small and "batch_size" not in given:
+        preset, name = default, "default: small data"
     batch_size = int(given.get("batch_size", preset["batch_size"]))
     lr = float(given.get("lr", preset["lr"]))
     chosen = [k for k in BATCH_KEYS if k not in given]
@@ -171,10 +182,12 @@ def batch_preset(
     return batch_size, lr, source
 
 
-def apply_batch_preset(train: TrainConfig, device_type: str) -> TrainConfig:
+def apply_batch_preset(
+    train: TrainConfig, device_type: str, train_rows: int | None = None
+) -> TrainConfig:
     """``train`` with the device's preset for what the user left to presets, and the source."""
     given = {k: getattr(train, k) for k in BATCH_KEYS if k not in train.from_preset}
-    batch_size, lr, source = batch_preset(device_type, given)
+    batch_size, lr, source = batch_preset(device_type, given, train_rows=train_rows)
     return replace(train, batch_size=batch_size, lr=lr, batch_source=source)
 
 

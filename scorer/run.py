@@ -334,6 +334,13 @@ def _check_resumable(saved: dict, state: dict, plan: Plan) -> None:
             )
     if len(old_inputs) != len(state["inputs"]):
         raise UserError(f"{what}: the input files differ from the interrupted run's")
+    if saved.get("model_file") not in (None, state["model_file"]):
+        # Another graph of the same model (another --device or --precision): scores would mix.
+        raise UserError(
+            f"{what}: the interrupted run scored with {saved['model_file']}, this one would use "
+            f"{state['model_file']}; resume with its --device and --precision, or rerun with "
+            "--overwrite"
+        )
     for key, label in (
         ("model_sha256", "the model"),
         ("model_file", "the model graph"),

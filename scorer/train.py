@@ -87,8 +87,7 @@ def train_model(job: TrainJob) -> TrainResult:
     threads = job.train.threads or available_cpus()
     torch.set_num_threads(threads)
     runtime = choose_runtime(job.train.device, job.train.precision)
-    # Batch size and rate left to presets depend on the device, known only now.
-    cfg = apply_batch_preset(job.train, runtime.device.type)
+    cfg = job.train
     seed_everything(cfg.seed)
 
     frame = read_table(job.data)
@@ -96,6 +95,8 @@ def train_model(job: TrainJob) -> TrainResult:
     labels = read_labels(frame, job.label_column, job.data)
     split = _split_rows(job.split_file, labels.index, cfg.seed)
     rows = {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
+    # Batch size and rate left to presets depend on the device and the data, known only now.
+    cfg = apply_batch_preset(cfg, runtime.device.type, len(rows["train"]))
     if len(rows["train"]) < cfg.batch_size:
         raise UserError(
             f"{len(rows['train'])} training rows is fewer than one batch ({cfg.batch_size}, "

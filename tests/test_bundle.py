@@ -4,6 +4,7 @@ command `scorer run reviews.parquet` uses it with no other flag."""
 from __future__ import annotations
 
 import json
+import re
 
 import polars as pl
 import pytest
@@ -59,7 +60,8 @@ def test_scorer_run_with_no_flags_uses_the_bundled_model(tmp_path, capsys, monke
     ).write_parquet(source)
     assert main(["run", str(source), "--quiet"]) == 0
     captured = capsys.readouterr()
-    assert f"{path.name}/model.onnx" in captured.out  # the summary names the model
+    # The summary names the graph: the CPU one, or the CUDA one on a CUDA host.
+    assert re.search(rf"{path.name}/model(\.cuda)?\.onnx", captured.out)
     assert "scoring column 'review'" in captured.err
     scores = pl.read_parquet(tmp_path / "reviews.scores.parquet")
     assert scores["predicted_rating"].to_list()[0] > scores["predicted_rating"].to_list()[1]
@@ -74,4 +76,4 @@ def test_scorer_model_env_picks_another_model(tmp_path, monkeypatch, capsys) -> 
     monkeypatch.setenv("SCORER_MODEL", str(model.path))
     source = write_reviews(tmp_path / "r.parquet", n=30)
     assert main(["run", str(source), "--quiet"]) == 0
-    assert "mine/model.onnx" in capsys.readouterr().out
+    assert re.search(r"mine/model(\.cuda)?\.onnx", capsys.readouterr().out)

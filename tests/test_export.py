@@ -11,7 +11,12 @@ from scorer.cli import main
 from scorer.contract import META_CARD, META_VOCAB_SHA256
 from scorer.errors import UserError
 from scorer.export.onnx_export import export_model, read_metadata
-from scorer.export.validate import make_batch, torch_outputs, validation_provider
+from scorer.export.validate import (
+    make_batch,
+    torch_outputs,
+    validate_against_torch,
+    validation_provider,
+)
 from tests.helpers import make_model_dir
 
 VARIANTS = [
@@ -199,3 +204,26 @@ def test_no_graph_reduces_over_an_empty_axis(tmp_path, steps, paths) -> None:
         shapes = _reduce_inputs(path, ids, lengths)
         assert shapes, f"{path.name}: no Reduce node found (the wide path is missing)"
         assert {n: s for n, s in shapes.items() if 0 in s} == {}, path.name
+
+
+class _Opened(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("provider", "options"),
+    [("CUDAExecutionProvider", {"use_tf32": "0"}), ("CPUExecutionProvider", {})],
+)
+def test_validation_on_cuda_turns_tf32_off(monkeypatch, tmp_path, provider, options) -> None:
+    """Validation checks the graph's arithmetic: on CUDA without TF32 (random test models are
+    3.6e-3 from PyTorch with it, 1.4e-6 without, on an H100); scoring keeps TF32."""
+    seen = []
+
+    def session(path, providers):
+        seen.append(providers)
+        raise _Opened
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    with pytest.raises(_Opened):
+        validate_against_torch(tmp_path / "g.onnx", None, None, provider=provider)
+    assert seen == [[(provider, options)]]

@@ -19,7 +19,9 @@ from scorer.io import lock_output
 from scorer.run import RunJob, partial_dir, run_scoring
 from tests.helpers import make_model_dir, write_reviews
 
-CHUNK = ["--chunk-rows", "500", "--batch-size", "64"]
+# On the CPU: resumed bytes equal an uninterrupted run's for any batch size there; CUDA picks
+# kernels by batch shape (tests/test_cuda.py holds it to the CPU within a tolerance).
+CHUNK = ["--chunk-rows", "500", "--batch-size", "64", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +193,8 @@ def test_resume_with_other_sizes_gives_the_same_bytes(
                 str(out),
                 "--quiet",
                 "--resume",
+                "--device",
+                "cpu",
                 *options,
             ]
         )
@@ -252,6 +256,24 @@ def test_a_re_exported_model_is_refused_on_resume(tmp_path, reviews, monkeypatch
     assert "the model changed since the interrupted run" in capsys.readouterr().err
 
 
+def test_resume_with_another_graph_of_the_model_names_both(
+    tmp_path, reviews, monkeypatch, capsys
+) -> None:
+    """Another --device or --precision picks another graph: its scores would mix with the
+    parts already written, so the resume is refused, naming both graphs."""
+    directory = make_model_dir(tmp_path / "m", variant="packed", seed=1)
+    export_model(directory.path, int8=True)
+    out = tmp_path / "o.parquet"
+    _interrupted(directory.path, reviews, out, monkeypatch)
+    parts = sorted(partial_dir(out).glob("part-*"))
+    capsys.readouterr()
+    assert _cli(directory.path, reviews, out, "--resume", "--precision", "int8") == 1
+    err = capsys.readouterr().err
+    assert "scored with model.onnx, this one would use model.int8.onnx" in err
+    assert err.count("\n") == 1 and sorted(partial_dir(out).glob("part-*")) == parts
+    assert _cli(directory.path, reviews, out, "--resume") == 0
+
+
 def test_progress_lines_are_printed_when_stderr_is_a_log_file(tmp_path, model, reviews) -> None:
     out = tmp_path / "o.parquet"
     argv = ["-m", "scorer", "run", str(reviews), "--model", str(model), "--out", str(out), *CHUNK]
@@ -277,5 +299,5 @@ def test_state_file_records_what_a_resume_must_match(tmp_path, model, reviews, m
         "keep_columns",
         "version",
     }
-    summary = run_scoring(RunJob(str(reviews), model, out, resume=True, quiet=True))
+    summary = run_scoring(RunJob(str(reviews), model, out, resume=True, quiet=True, device="cpu"))
     assert summary.resumed_rows == 1500

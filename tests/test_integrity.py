@@ -30,7 +30,9 @@ def model(tmp_path):
 
 def _run(model, reviews, tmp_path) -> int:
     out = tmp_path / "o.parquet"
-    return main(["run", str(reviews), "--model", str(model), "--out", str(out), "--quiet"])
+    # The CPU graph is the one tampered with; --device cpu loads it on a CUDA host too.
+    argv = ["run", str(reviews), "--model", str(model), "--out", str(out), "--quiet"]
+    return main([*argv, "--device", "cpu"])
 
 
 def _edit_metadata(path, edit) -> None:

@@ -281,6 +281,22 @@ def test_batch_preset(device, given, expected) -> None:
     assert batch_preset(device, given) == expected
 
 
+@pytest.mark.parametrize(
+    ("device", "given", "rows", "expected"),
+    [
+        # 16 CUDA batches of training rows or more: the CUDA preset.
+        ("cuda", {}, 8192, (512, 6e-3, "cuda preset")),
+        ("cuda", {}, 8191, (128, 3e-3, "default: small data")),
+        ("cuda", {}, 322, (128, 3e-3, "default: small data")),
+        ("cuda", {"lr": 1e-3}, 322, (128, 1e-3, "lr given; batch_size from default: small data")),
+        ("cuda", {"batch_size": 256}, 322, (256, 6e-3, "batch_size given; lr from cuda preset")),
+        ("cpu", {}, 322, (128, 3e-3, "default")),
+    ],
+)
+def test_small_data_on_cuda_takes_the_default_batch(device, given, rows, expected) -> None:
+    assert batch_preset(device, given, train_rows=rows) == expected
+
+
 def test_cuda_preset_values_are_the_documented_ones() -> None:
     assert CUDA_DEFAULT == {"batch_size": 512, "lr": 6e-3}
 
@@ -300,7 +316,9 @@ def test_device_batch_preset_is_applied_and_recorded(tmp_path, reviews, monkeypa
     monkeypatch.setitem(CUDA_DEFAULT, "batch_size", 48)
     monkeypatch.setitem(CUDA_DEFAULT, "lr", 5e-3)
     monkeypatch.setattr(
-        train_module, "apply_batch_preset", lambda cfg, device: apply_batch_preset(cfg, "cuda")
+        train_module,
+        "apply_batch_preset",
+        lambda cfg, device, rows: apply_batch_preset(cfg, "cuda"),
     )
     options = {k: v for k, v in SMALL.items() if k not in ("batch_size", "lr")}
     model, tok, train = resolve({**options, "epochs": 1, "lr": 1e-2})
