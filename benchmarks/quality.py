@@ -192,11 +192,17 @@ def data_quality(args) -> dict[str, object]:
     for i, data in enumerate(args.data):
         name, split, text, label = dataset_options(args, i, data)
         options = {"threads": args.threads} if args.threads else None
-        results.append(dataset_quality(name, data, text, label, split, args.seeds, WORK, options))
+        results.append(
+            dataset_quality(
+                name, data, text, label, split, args.seeds, WORK, options, args.from_runs
+            )
+        )
     table = markdown(results)
     print(table)
     names = "-".join(r["name"] for r in results)
     payload = {"machine": machine(), "seeds": args.seeds, "datasets": results}
+    if args.from_runs:
+        payload["from_runs"] = args.from_runs
     path = save(f"quality-{names}", payload)
     path.with_suffix(".md").write_text(table)
     print(f"saved {path}")
@@ -217,6 +223,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--name", nargs="*", default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=None, help="torch threads per training")
+    parser.add_argument(
+        "--from-runs",
+        default=None,
+        help="--data: take each seed's model from this directory template ({name}, {seed}), "
+        "trained earlier with the default recipe (checked), instead of training it",
+    )
     parser.add_argument(
         "--merge",
         type=Path,

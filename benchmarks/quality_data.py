@@ -4,6 +4,11 @@ TF-IDF + logistic-regression baseline, on the same split (benchmarks.quality --d
 Without a split file, a stratified 80/10/10 split with seed 0 is drawn once and written
 beside the results (``runs/bench/splits/NAME.csv``), so every model and seed sees the same
 rows. Settings are chosen on validation only; test rows are scored once per model.
+
+With ``from_runs`` (``--from-runs TEMPLATE``) the seeds' models are the ones already trained
+in those directories, not trained again: each must hold what the default recipe resolves to
+now for its seed (``recorded_run`` checks), and the paired interval reloads each one and
+refuses a model that no longer scores what its metrics.json recorded.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ def dataset_quality(
     seeds: Sequence[int],
     work: Path,
     options: dict | None = None,
+    from_runs: str | None = None,
 ) -> dict[str, object]:
     from scorer.presets import resolve
     from scorer.train import TrainJob, train_model
@@ -83,8 +89,14 @@ def dataset_quality(
     baseline_rows = baseline.pop("test_rows")
     print(f"{name}: baseline C={baseline['C']} test {_line(baseline['test'])}", flush=True)
     runs = []
-    for seed in seeds:
+    dirs = [work / f"{name}-seed{seed}" for seed in seeds]
+    for i, seed in enumerate(seeds):
         model, tok, train = resolve({**(options or {}), "seed": seed})
+        if from_runs:
+            dirs[i] = Path(from_runs.format(name=name, seed=seed))
+            runs.append(recorded_run(dirs[i], seed, model, tok, train))
+            print(f"{name}: seed {seed} test {_line(runs[-1]['test'])} (recorded)", flush=True)
+            continue
         trained = train_model(
             TrainJob(data, work / f"{name}-seed{seed}", model, tok, train, text_columns,
                      label_column, split_path, overwrite=True)
@@ -123,9 +135,57 @@ def dataset_quality(
         <= baseline["test"]["rmse_expected"],
     }
     # How much of that verdict the test rows' own sampling could undo.
-    dirs = [work / f"{name}-seed{seed}" for seed in seeds]
     result["vs_baseline"] = on_test_rows(texts, labels, split, dirs, baseline_rows, strict=False)
     return result
+
+
+# Set while training (fitted to the data, or by the search and the device), not by the recipe.
+_FITTED = {
+    "model": {"vocab_size", "num_labels", "linear_buckets"},
+    "tokenizer": {"max_len", "tail", "fit_length"},
+    "train": {"epochs", "batch_source"},
+}
+
+
+def recorded_run(directory: Path, seed: int, model, tok, train) -> dict:
+    """A seed's run from a model directory trained earlier, as ``dataset_quality`` records a
+    fresh one; refused unless its config is the recipe ``model, tok, train`` resolve to (the
+    candidate its search kept), apart from what training fits to the data."""
+    from scorer.config import ModelCard
+    from scorer.presets import search_candidates
+
+    card = ModelCard.load(directory / "config.json")
+    metrics = json.loads((directory / "metrics.json").read_text())
+    kept = {c.search_variant: c for c in search_candidates(train)}.get(card.train.search_variant)
+    if kept is None:
+        raise ValueError(f"{directory}: search variant {card.train.search_variant!r} unknown now")
+    for part, want, got in (
+        ("model", model, card.model),
+        ("tokenizer", tok, card.tokenizer),
+        ("train", kept, card.train),
+    ):
+        want, got = dataclasses.asdict(want), dataclasses.asdict(got)
+        differ = sorted(k for k in want if k not in _FITTED[part] and want[k] != got[k])
+        if differ:
+            raise ValueError(
+                f"{directory}: {part} differs from the recipe in {differ}: "
+                f"{[(want[k], got[k]) for k in differ]}"
+            )
+    return {
+        "seed": seed,
+        "test": metrics["test"],
+        "val": metrics["val"],
+        "best_epoch": metrics["best_epoch"],
+        "train_seconds": metrics["seconds"],
+        "search": metrics["search"],
+        "kept": card.train.search_variant or "default",
+        "config": {
+            "model": dataclasses.asdict(card.model),
+            "tokenizer": dataclasses.asdict(card.tokenizer),
+            "train": dataclasses.asdict(card.train),
+        },
+        "from_run": str(directory),
+    }
 
 
 def _line(metrics: dict) -> str:

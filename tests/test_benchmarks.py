@@ -108,6 +108,19 @@ def test_quality_on_any_labelled_file_reports_model_and_baseline_and_the_search(
         assert paired[metric]["model"] == pytest.approx(mean[metric]["mean"], abs=1e-4)
         assert paired[metric]["baseline"] == pytest.approx(result["baseline"]["test"][metric])
         assert paired[metric]["low"] <= paired[metric]["high"]
+    # --from-runs: the same models, taken as recorded rather than trained again...
+    template = str(tmp_path / "{name}-seed{seed}")
+    again = dataset_quality(
+        "mine", data, ("body",), "stars", None, [0, 1], tmp_path, small, from_runs=template
+    )
+    assert [r["test"] for r in again["model"]["runs"]] == [r["test"] for r in runs]
+    assert again["model"]["runs"][1]["from_run"] == str(tmp_path / "mine-seed1")
+    # ...and only when each was trained with the recipe asked for.
+    for other in ({**small, "hidden_dim": 16}, {**small, "expected_loss_weight": 0.0}):
+        with pytest.raises(ValueError, match="differs from the recipe"):
+            dataset_quality(
+                "mine", data, ("body",), "stars", None, [0], tmp_path, other, from_runs=template
+            )
     # A model that no longer scores what its metrics.json recorded is refused, not compared.
     from benchmarks.significance import dataset_significance
 
