@@ -22,6 +22,10 @@ stash)
 run | exec)
   mode=$1
   shift
+  if [ "$mode" = exec ] && [ $# -eq 0 ]; then
+    echo "usage: $0 exec CMD [args]" >&2
+    exit 2
+  fi
   cd "$(dirname "$0")/.."
   for load in runs/device/load-*; do
     [ -d "$load" ] && cp "$load"/* "$STASH"/

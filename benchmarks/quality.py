@@ -245,6 +245,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         help="only check ONNX parity of these trained model dirs",
     )
     args = parser.parse_args(argv)
+    if args.from_runs and not args.data:
+        parser.error("--from-runs needs --data")
     WORK.mkdir(parents=True, exist_ok=True)
     if args.merge:
         return merge_results(args)

@@ -6,9 +6,10 @@ beside the results (``runs/bench/splits/NAME.csv``), so every model and seed see
 rows. Settings are chosen on validation only; test rows are scored once per model.
 
 With ``from_runs`` (``--from-runs TEMPLATE``) the seeds' models are the ones already trained
-in those directories, not trained again: each must hold what the default recipe resolves to
-now for its seed (``recorded_run`` checks), and the paired interval reloads each one and
-refuses a model that no longer scores what its metrics.json recorded.
+in those directories, not trained again: each must have been trained on this data file and
+split with what the default recipe resolves to now for its seed (``recorded_run`` checks), and
+the paired interval reloads each one and refuses it unless it still scores what its
+metrics.json recorded.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def dataset_quality(
         model, tok, train = resolve({**(options or {}), "seed": seed})
         if from_runs:
             dirs[i] = Path(from_runs.format(name=name, seed=seed))
-            runs.append(recorded_run(dirs[i], seed, model, tok, train))
+            runs.append(recorded_run(dirs[i], seed, model, tok, train, data, result["rows"]))
             print(f"{name}: seed {seed} test {_line(runs[-1]['test'])} (recorded)", flush=True)
             continue
         trained = train_model(
@@ -135,40 +136,60 @@ def dataset_quality(
         <= baseline["test"]["rmse_expected"],
     }
     # How much of that verdict the test rows' own sampling could undo.
-    result["vs_baseline"] = on_test_rows(texts, labels, split, dirs, baseline_rows, strict=False)
+    # Fresh runs may have trained on a GPU (a warning then); recorded ones must still agree.
+    result["vs_baseline"] = on_test_rows(
+        texts, labels, split, dirs, baseline_rows, strict=bool(from_runs)
+    )
     return result
 
 
-# Set while training (fitted to the data, or by the search and the device), not by the recipe.
-_FITTED = {
-    "model": {"vocab_size", "num_labels", "linear_buckets"},
-    "tokenizer": {"max_len", "tail", "fit_length"},
-    "train": {"epochs", "batch_source"},
-}
+# Not the recipe: where and how fast it ran, and the batch sources' wording.
+_RUNTIME = {"threads", "device", "precision", "batch_source"}
 
 
-def recorded_run(directory: Path, seed: int, model, tok, train) -> dict:
+def recorded_run(
+    directory: Path, seed: int, model, tok, train, data: Path, rows: dict[str, int]
+) -> dict:
     """A seed's run from a model directory trained earlier, as ``dataset_quality`` records a
-    fresh one; refused unless its config is the recipe ``model, tok, train`` resolve to (the
-    candidate its search kept), apart from what training fits to the data."""
+    fresh one. Refused unless it was trained on ``data`` with ``rows`` as its split and its
+    config is the recipe ``model, tok, train`` resolve to (the candidate its search kept),
+    apart from what training fits to the data and the device."""
     from scorer.config import ModelCard
-    from scorer.presets import search_candidates
+    from scorer.presets import BATCH_KEYS, batch_preset, search_candidates
+    from scorer.session import file_sha256
 
     card = ModelCard.load(directory / "config.json")
     metrics = json.loads((directory / "metrics.json").read_text())
+    refuse = f"{directory}: not a run of the recipe asked for:"
+    if card.training.get("data_sha256") != file_sha256(data) or metrics.get("rows") != rows:
+        raise ValueError(f"{refuse} trained on another data file or split")
+    if metrics.get("test") is None:
+        raise ValueError(f"{refuse} no test metrics recorded")
     kept = {c.search_variant: c for c in search_candidates(train)}.get(card.train.search_variant)
     if kept is None:
-        raise ValueError(f"{directory}: search variant {card.train.search_variant!r} unknown now")
+        raise ValueError(f"{refuse} search variant {card.train.search_variant!r} unknown now")
+    # What the presets left to the device and the data, as they settled it for this run.
+    given = {k: getattr(kept, k) for k in BATCH_KEYS if k not in kept.from_preset}
+    device = str(metrics.get("device", "cpu")).split(":")[0]
+    batch_size, lr, _ = batch_preset(device, given, train_rows=rows["train"])
+    kept = dataclasses.replace(kept, batch_size=batch_size, lr=lr)
+    skip = {
+        "model": {"vocab_size", "num_labels", "linear_buckets"},
+        "tokenizer": {"max_len", "tail", "fit_length"} if tok.fit_length else set(),
+        "train": _RUNTIME | ({"epochs"} if "epochs" in kept.from_preset else set()),
+    }
+    if tok.fit_length and card.tokenizer.max_len > tok.max_len:
+        raise ValueError(f"{refuse} max_len {card.tokenizer.max_len} over {tok.max_len}")
     for part, want, got in (
         ("model", model, card.model),
         ("tokenizer", tok, card.tokenizer),
         ("train", kept, card.train),
     ):
         want, got = dataclasses.asdict(want), dataclasses.asdict(got)
-        differ = sorted(k for k in want if k not in _FITTED[part] and want[k] != got[k])
+        differ = sorted(k for k in want if k not in skip[part] and want[k] != got[k])
         if differ:
             raise ValueError(
-                f"{directory}: {part} differs from the recipe in {differ}: "
+                f"{refuse} {part} differs from the recipe in {differ}: "
                 f"{[(want[k], got[k]) for k in differ]}"
             )
     return {
@@ -179,9 +200,10 @@ def recorded_run(directory: Path, seed: int, model, tok, train) -> dict:
         "train_seconds": metrics["seconds"],
         "search": metrics["search"],
         "kept": card.train.search_variant or "default",
+        # As a fresh run records it: the recipe resolved, the candidate kept.
         "config": {
-            "model": dataclasses.asdict(card.model),
-            "tokenizer": dataclasses.asdict(card.tokenizer),
+            "model": dataclasses.asdict(model),
+            "tokenizer": dataclasses.asdict(tok),
             "train": dataclasses.asdict(card.train),
         },
         "from_run": str(directory),

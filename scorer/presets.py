@@ -1,8 +1,9 @@
 """Training presets: our default model, and the reference recipe's settings per variant.
 
 Precedence when resolving options: explicit CLI flag > ``--config`` file > preset. Batch
-size and learning rate left to the preset are settled once the device is known: on CUDA they
-come from ``CUDA_DEFAULT`` (``apply_batch_preset``).
+size and learning rate left to the preset are settled once the device and the training rows
+are known: on CUDA they come from ``CUDA_DEFAULT`` unless the data is small
+(``apply_batch_preset``).
 """
 
 from __future__ import annotations
@@ -185,7 +186,8 @@ def batch_preset(
 def apply_batch_preset(
     train: TrainConfig, device_type: str, train_rows: int | None = None
 ) -> TrainConfig:
-    """``train`` with the device's preset for what the user left to presets, and the source."""
+    """``train`` with the device's preset for what the user left to presets (given
+    ``train_rows``, small data keeps the default on CUDA: ``batch_preset``), and the source."""
     given = {k: getattr(train, k) for k in BATCH_KEYS if k not in train.from_preset}
     batch_size, lr, source = batch_preset(device_type, given, train_rows=train_rows)
     return replace(train, batch_size=batch_size, lr=lr, batch_source=source)

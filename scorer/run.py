@@ -334,16 +334,18 @@ def _check_resumable(saved: dict, state: dict, plan: Plan) -> None:
             )
     if len(old_inputs) != len(state["inputs"]):
         raise UserError(f"{what}: the input files differ from the interrupted run's")
-    if saved.get("model_file") not in (None, state["model_file"]):
-        # Another graph of the same model (another --device or --precision): scores would mix.
+    old_file = saved.get("model_file")
+    old_graph = plan.model.card.graphs.get(old_file or "", {})
+    if old_file != state["model_file"] and old_graph.get("sha256") == saved.get("model_sha256"):
+        # Another graph of this same model (another --device or --precision): scores would mix.
         raise UserError(
             f"{what}: the interrupted run scored with {saved['model_file']}, this one would use "
             f"{state['model_file']}; resume with its --device and --precision, or rerun with "
             "--overwrite"
         )
     for key, label in (
+        # The graph's bytes: a state file from before model_file was recorded resumes too.
         ("model_sha256", "the model"),
-        ("model_file", "the model graph"),
         ("text_columns", "the text columns"),
         ("keep_columns", "the kept columns"),
         ("version", "the scorer version"),

@@ -103,9 +103,11 @@ def test_quality_on_any_labelled_file_reports_model_and_baseline_and_the_search(
     # The paired interval reloads the saved models: they score what training recorded.
     paired, mean = result["vs_baseline"], result["model"]["mean"]
     assert paired["rows"] == rows["test"]
+    # On a CUDA host training's figures come from the GPU (TF32), these from the CPU: a near
+    # tie may flip one test row's argmax in a seed.
+    within = {"accuracy": 1.0 / rows["test"], "rmse_expected": 1e-3}
     for metric in ("accuracy", "rmse_expected"):
-        # abs: on a CUDA host training's figures come from the GPU (TF32), these from the CPU.
-        assert paired[metric]["model"] == pytest.approx(mean[metric]["mean"], abs=1e-4)
+        assert paired[metric]["model"] == pytest.approx(mean[metric]["mean"], abs=within[metric])
         assert paired[metric]["baseline"] == pytest.approx(result["baseline"]["test"][metric])
         assert paired[metric]["low"] <= paired[metric]["high"]
     # --from-runs: the same models, taken as recorded rather than trained again...

@@ -274,6 +274,20 @@ def test_resume_with_another_graph_of_the_model_names_both(
     assert _cli(directory.path, reviews, out, "--resume") == 0
 
 
+def test_a_state_file_without_the_graph_name_resumes_on_the_same_bytes(
+    tmp_path, model, reviews, want, monkeypatch
+) -> None:
+    """State files written before the graph's name was recorded: its sha256 decides."""
+    out = tmp_path / "o.parquet"
+    _interrupted(model, reviews, out, monkeypatch)
+    path = partial_dir(out) / run.STATE
+    state = json.loads(path.read_text())
+    del state["model_file"]
+    path.write_text(json.dumps(state))
+    assert _cli(model, reviews, out, "--resume") == 0
+    assert out.read_bytes() == want
+
+
 def test_progress_lines_are_printed_when_stderr_is_a_log_file(tmp_path, model, reviews) -> None:
     out = tmp_path / "o.parquet"
     argv = ["-m", "scorer", "run", str(reviews), "--model", str(model), "--out", str(out), *CHUNK]
