@@ -203,7 +203,7 @@ def data_quality(args) -> dict[str, object]:
     payload = {"machine": machine(), "seeds": args.seeds, "datasets": results}
     if args.from_runs:
         payload["from_runs"] = args.from_runs
-    path = save(f"quality-{names}", payload)
+    path = save(args.save_as or f"quality-{names}", payload)
     path.with_suffix(".md").write_text(table)
     print(f"saved {path}")
     return {"datasets": results}
@@ -236,7 +236,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         default=None,
         help="combine these results files (per-seed runs of datasets) into one, by --name",
     )
-    parser.add_argument("--save-as", default=None, help="--merge: the results file's name")
+    parser.add_argument(
+        "--save-as", default=None, help="--merge, --data: the results file's name (no date)"
+    )
     parser.add_argument(
         "--parity-only",
         nargs="*",

@@ -158,7 +158,7 @@ def train_command(
         typer.Option(
             "--blend/--no-blend",
             help="After training, fit a linear model over idf-weighted n-grams on its own and "
-            "blend it in, the weights chosen on validation (classification only).",
+            "blend it in, the weights chosen on validation (classification only; on by default).",
         ),
     ] = None,
     budget: Annotated[

@@ -288,4 +288,4 @@ def test_check_int8_fails_for_another_models_int8_file(trained) -> None:
     assert ours.card.model.vocab_size == theirs.card.model.vocab_size
     report = check_int8(ours.path / "model.onnx", theirs.path / "model.int8.onnx", ours.card)
     assert not report.passed
-    assert report.agreement < 0.9 and report.mean_expected_diff > 0.1, report.line()
+    assert report.agreement < 0.95 and report.mean_expected_diff > 0.1, report.line()

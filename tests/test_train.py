@@ -568,6 +568,8 @@ def test_the_search_on_validation_keeps_the_lowest_val_loss(tmp_path, reviews, b
             wide_lr_scale=3.0,
             expected_loss_weight=0.5,
             budget=budget,
+            # The blend is fitted on validation: its metrics there are the blend's.
+            blend=False,
         )
     )
     metrics = json.loads((result.model_dir.path / "metrics.json").read_text())
