@@ -155,7 +155,7 @@ def recorded_run(
     config is the recipe ``model, tok, train`` resolve to (the candidate its search kept),
     apart from what training fits to the data and the device."""
     from scorer.config import ModelCard
-    from scorer.presets import BATCH_KEYS, batch_preset, search_candidates
+    from scorer.presets import apply_batch_preset, search_candidates
     from scorer.session import file_sha256
 
     card = ModelCard.load(directory / "config.json")
@@ -168,11 +168,9 @@ def recorded_run(
     kept = {c.search_variant: c for c in search_candidates(train)}.get(card.train.search_variant)
     if kept is None:
         raise ValueError(f"{refuse} search variant {card.train.search_variant!r} unknown now")
-    # What the presets left to the device and the data, as they settled it for this run.
-    given = {k: getattr(kept, k) for k in BATCH_KEYS if k not in kept.from_preset}
+    # What the presets left to the device and the data, as training settled it for this run.
     device = str(metrics.get("device", "cpu")).split(":")[0]
-    batch_size, lr, _ = batch_preset(device, given, train_rows=rows["train"])
-    kept = dataclasses.replace(kept, batch_size=batch_size, lr=lr)
+    kept = apply_batch_preset(kept, device, rows["train"])
     skip = {
         "model": {"vocab_size", "num_labels", "linear_buckets"},
         "tokenizer": {"max_len", "tail", "fit_length"} if tok.fit_length else set(),
