@@ -1,6 +1,6 @@
 """Prepare what a CUDA host without network needs for the device check, in loads one call carries.
 
-    python -m benchmarks.device_prepare [--out runs/device] [--load-mib 50]
+    python -m benchmarks.device_prepare [--out runs/device] [--load-mib N]
 
 The host's image already has Python 3.12 with torch (CUDA 13), numpy, pyarrow, onnx, numba,
 llvmlite, psutil, hypothesis, scikit-learn, tqdm, typer and pytest, and the CPU build of
@@ -9,10 +9,11 @@ unpacks them into one tree (a wheel is a zip; these have no ``.data`` folder, so
 installing), packs that tree as one xz-compressed tar (about 3/4 of the wheels' size: the CUDA
 provider library compresses better under xz than under a wheel's deflate) and cuts the archive
 into loads of at most ``--load-mib`` MiB. One call carries 64 MiB in all, the project's tree
-included. Each load is a folder (``runs/device/load-N``); ``benchmarks/device_install.sh``
-joins them on the host, unpacks the tree onto ``PYTHONPATH`` (so onnxruntime-gpu shadows the
-image's CPU onnxruntime rather than being installed beside it) and runs the check. The reference
-reviews, which live outside the checkout, are copied to ``runs/device/data`` to travel too.
+included (by default a load is what that leaves beside the reviews). Each load is a folder
+(``runs/device/load-N``); ``benchmarks/device_install.sh`` joins them on the host, unpacks the
+tree onto ``PYTHONPATH`` (so onnxruntime-gpu shadows the image's CPU onnxruntime rather than
+being installed beside it) and runs the check. The reference reviews, which live outside the
+checkout, are copied to ``runs/device/data`` to travel too.
 """
 
 from __future__ import annotations
@@ -80,17 +81,47 @@ def cut(archive: Path, out: Path, load_bytes: int) -> list[Path]:
     return folders
 
 
+CALL_MIB = 64  # what one device call carries in all
+MARGIN_MIB = 2  # for files added before the call
+
+
+def tree_bytes(repo: Path = REPO) -> int:
+    """What every call sends besides its carried paths: tracked and untracked-not-ignored files."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=repo,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    paths = (repo / name for name in listed.split("\0") if name)
+    return sum(p.stat().st_size for p in paths if p.is_file())
+
+
+def default_load_mib() -> int:
+    """The largest load that still travels beside the tree and the reference reviews (the run
+    call carries the last load and the data; the bundled model alone is over 20 MiB)."""
+    data = sum(f.stat().st_size for f in (DEFAULT_REVIEWS, DEFAULT_SPLIT) if f.is_file())
+    spare = CALL_MIB - (tree_bytes() + data) / (1 << 20) - MARGIN_MIB
+    if spare < 8:
+        raise SystemExit(f"the project's tree leaves {spare:.0f} MiB a call: too little for loads")
+    return int(spare)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "device")
     parser.add_argument(
-        "--load-mib", type=int, default=50, help="one load's size; 64 less the project's tree"
+        "--load-mib",
+        type=int,
+        default=None,
+        help="one load's size (default: 64 less the project's tree and the reference reviews)",
     )
     args = parser.parse_args(argv)
+    load_mib = args.load_mib or default_load_mib()
     wheels = download(args.out / "wheels")
     archive = args.out / ARCHIVE
     pack(wheels, archive)
-    for folder in cut(archive, args.out, args.load_mib << 20):
+    for folder in cut(archive, args.out, load_mib << 20):
         size = sum(f.stat().st_size for f in folder.iterdir()) / (1 << 20)
         print(f"{folder}: {size:.1f} MiB")
     data = args.out / "data"

@@ -154,3 +154,62 @@ def test_blend_fit_reaches_the_same_optimum_with_either_layout(tmp_path, monkeyp
         assert coo["c"] == csr["c"]
         assert abs(coo["val_ce"] - csr["val_ce"]) < 1e-6
     assert len(list((tmp_path / "results").glob("*-blend-fit.json"))) == 1
+
+
+def test_device_loads_leave_room_for_the_files_every_call_sends(tmp_path) -> None:
+    import subprocess
+
+    from benchmarks.device_prepare import tree_bytes
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("runs/\n")
+    (tmp_path / "tracked.bin").write_bytes(b"t" * 3000)
+    subprocess.run(["git", "-C", str(tmp_path), "add", "tracked.bin"], check=True)
+    (tmp_path / "untracked.bin").write_bytes(b"u" * 700)  # travels: not ignored
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "load.part").write_bytes(b"x" * 50_000)  # carried only when named
+    assert tree_bytes(tmp_path) == 3000 + 700 + len("runs/\n")
+
+
+def _sweep_runs(gains: dict[str, tuple[float, float]], seeds=(0, 1, 2)) -> list[dict]:
+    base = {"name": "base", "rc": 0, "val_acc": 0.67, "val_rmse_exp": 0.64}
+    runs = [{**base, "seed": s} for s in seeds]
+    for name, (acc, rmse) in gains.items():
+        runs += [
+            {"name": name, "rc": 0, "seed": s, "val_acc": 0.67 + acc, "val_rmse_exp": 0.64 + rmse}
+            for s in seeds
+        ]
+    return runs
+
+
+@pytest.mark.parametrize(
+    ("gains", "combined"),
+    [
+        # mc1td01 moves token_dropout, as td01 (better) does: skipped for the next one.
+        (
+            {"td01": (0.004, -0.004), "mc1td01": (0.003, -0.003), "do03": (0.002, -0.002),
+             "elw1": (0.0, -0.001), "do05": (-0.01, 0.01)},
+            ["td01+do03", "td01+elw1", "do03+elw1", "td01+do03+elw1"],
+        ),
+        ({"td01": (0.004, 0.0), "do05": (-0.01, 0.01), "lr2": (0.0, 0.0)}, []),
+        ({"td01": (0.004, 0.0), "elw1": (0.001, 0.0), "do05": (-0.01, 0.01)}, ["td01+elw1"]),
+    ],
+)  # fmt: skip
+def test_the_sweep_combines_the_settings_that_beat_the_default_on_validation(
+    gains, combined
+) -> None:
+    from benchmarks.sweep import SETTINGS, combinations
+
+    combos = combinations(_sweep_runs(gains), SETTINGS)
+    assert list(combos) == combined
+    for name, options in combos.items():
+        assert options == {k: v for n in name.split("+") for k, v in SETTINGS[n].items()}
+
+
+def test_the_sweep_ranks_only_settings_with_two_seeds_beside_the_default() -> None:
+    from benchmarks.sweep import ranked
+
+    runs = _sweep_runs({"td01": (0.01, 0.0)}) + _sweep_runs({"do03": (0.02, 0.0)}, seeds=(0,))
+    runs.append({"name": "elw1", "rc": 1, "seed": 0})
+    assert [name for _, name in ranked(runs)] == ["td01"]
+    assert ranked(runs)[0][0] == pytest.approx(0.01)
