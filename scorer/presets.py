@@ -24,7 +24,11 @@ DEFAULT: dict[str, Any] = {
     "layers": 1,
     "bidirectional": False,
     "pooling": "last+max",
-    "dropout": 0.4,
+    # Lighter dropout, with a tenth of the tokens hidden at each training step and the
+    # expected rating's error weighted as much as the cross-entropy: chosen on the reference
+    # reviews' validation rows over 3 seeds (README, "Model quality").
+    "dropout": 0.3,
+    "token_dropout": 0.1,
     # Fitted to the training reviews: their 95th-percentile length, at most 400 tokens, a
     # quarter of it kept from the end of longer ones.
     "max_len": 400,
@@ -34,7 +38,7 @@ DEFAULT: dict[str, Any] = {
     # Wide and deep: a linear bag of unigrams and hashed bigrams beside the LSTM.
     "wide_buckets": 32_768,
     "wide_lr_scale": 3.0,
-    "expected_loss_weight": 0.5,
+    "expected_loss_weight": 1.0,
     "average_epochs": 3,
     "epochs": 8,
     # Small data: at least 150,000 examples seen (as 8 epochs of the reference reviews).
