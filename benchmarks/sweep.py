@@ -3,7 +3,8 @@
     python -m benchmarks.sweep --device cuda --workers 6 --deadline 530 [--base JSON]
     python -m benchmarks.sweep --summarize runs.jsonl [--save-as NAME]
 
-Each entry of ``SETTINGS`` (one change to the default) trains once per seed, ``--workers`` runs
+Each entry of ``SETTINGS`` (one change to the default; one that only repeats it is left out)
+trains once per seed, ``--workers`` runs
 at a time, while the first part of the deadline (``--phase1``) lasts. Then the three settings
 that beat the default most on validation (mean accuracy gain plus mean expected-rating RMSE
 drop, paired by seed), each moving different options, are tried in pairs and all together.
@@ -57,6 +58,18 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "wb0": {"wide_buckets": 0},
 }
 PINNED = {"batch_size": 128, "lr": 3e-3, "precision": "fp32", "budget": 0}
+
+
+def is_default(options: dict[str, Any], base: dict[str, Any]) -> bool:
+    """Whether a setting only repeats the default (with ``base`` and ``PINNED`` applied): after
+    the default moves to a sweep's pick, its parts are no change to try again."""
+    from dataclasses import asdict
+
+    from scorer.presets import resolve
+
+    configs = resolve(dict(base))
+    current = {k: v for c in configs for k, v in asdict(c).items()} | PINNED | base
+    return all(current.get(k) == v for k, v in options.items())
 
 
 def flags(options: dict[str, Any]) -> list[str]:
@@ -190,6 +203,10 @@ def main(argv: list[str] | None = None) -> None:
         sweep = Sweep(args)
         seeds = [int(s) for s in args.seeds.split(",")]
         names = args.only.split(",") if args.only else list(SETTINGS)
+        same = [n for n in names if n != "base" and is_default(SETTINGS[n], args.base)]
+        if same:
+            print(f"left out, the default already: {', '.join(same)}", flush=True)
+        names = [n for n in names if n not in same]
         sweep.run([(n, SETTINGS[n], s) for n in names for s in seeds], args.deadline * args.phase1)
         records = [json.loads(line) for line in sweep.log.read_text().splitlines()]
         combos = combinations(records, SETTINGS)

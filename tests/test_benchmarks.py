@@ -213,3 +213,20 @@ def test_the_sweep_ranks_only_settings_with_two_seeds_beside_the_default() -> No
     runs.append({"name": "elw1", "rc": 1, "seed": 0})
     assert [name for _, name in ranked(runs)] == ["td01"]
     assert ranked(runs)[0][0] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize(
+    ("options", "base", "same"),
+    [
+        ({"token_dropout": 0.1}, {}, True),  # today's default
+        ({"dropout": 0.3, "expected_loss_weight": 1.0}, {}, True),
+        ({"dropout": 0.5}, {}, False),
+        ({"dropout": 0.3}, {"dropout": 0.4}, False),  # an earlier default, reproduced
+        ({"lr": 3e-3}, {}, True),  # pinned
+        ({"min_count": 1}, {}, False),
+    ],
+)
+def test_the_sweep_leaves_out_settings_that_repeat_the_default(options, base, same) -> None:
+    from benchmarks.sweep import is_default
+
+    assert is_default(options, base) is same
