@@ -4,8 +4,8 @@
     python -m benchmarks.sweep --summarize runs.jsonl [--save-as NAME]
 
 Each entry of ``SETTINGS`` (one change to the default; one that only repeats it is left out)
-trains once per seed, ``--workers`` runs
-at a time, while the first part of the deadline (``--phase1``) lasts. Then the three settings
+trains once per seed, ``--workers`` runs at a time, while the first part of the deadline
+(``--phase1``) lasts. Then the three settings
 that beat the default most on validation (mean accuracy gain plus mean expected-rating RMSE
 drop, paired by seed), each moving different options, are tried in pairs and all together.
 Only validation picks; the test metrics are recorded beside, never used to choose.
