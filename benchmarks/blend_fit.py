@@ -4,10 +4,11 @@
 
 Builds the training rows' features as `scorer train --blend` does (the default tokenizer
 fitted to the training reviews, the vocabulary, then ``scorer.blend``'s positions, idf and
-design matrix), then fits the logistic regression for every C of ``C_GRID``, warm-started, once
-with COO products and once with CSR ones (``scorer.blend.products``), and reports each fit's
-seconds and the validation objective it reached; the layouts interleaved, ``--repeats`` times,
-the median kept. Saves ``-blend-fit.json``.
+design matrix), then fits the logistic regression for every C of ``C_GRID``, warm-started: with
+COO products, with CSR ones (``scorer.blend.products``), and with CSR ones over the features of
+nonzero idf only (``design(..., compact=True)``, what `scorer train` fits), and reports each
+fit's seconds and the validation objective it reached; the layouts interleaved, ``--repeats``
+times, the median kept. Saves ``-blend-fit.json``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from scorer.presets import fit_lengths, resolve
 from scorer.vocab import Vocab
 
 
-def features(data: Path, split_file: Path) -> tuple[dict, dict, int]:
+def features(data: Path, split_file: Path) -> tuple[dict, dict, dict, int]:
     frame = read_table(data)
     texts = read_texts(frame, DEFAULT_TEXT_COLUMNS, data)
     labels = read_labels(frame, "Rating", data)
@@ -44,18 +45,27 @@ def features(data: Path, split_file: Path) -> tuple[dict, dict, int]:
     _, tok, _ = resolve({})
     tok = fit_lengths(tok, texts.gather(rows["train"]))
     vocab = Vocab.build(
-        texts.gather(rows["train"]), min_count=tok.min_count, keep_whitespace=tok.keep_whitespace
+        texts.gather(rows["train"]),
+        min_count=tok.min_count,
+        keep_whitespace=tok.keep_whitespace,
+        marks=tok.marks,
     )
     word = word_mask(vocab.tokens)
     pos, target = {}, {}
     for name, r in rows.items():
         encoded = vocab.encode(
-            texts.gather(r), max_len=tok.max_len, keep_whitespace=tok.keep_whitespace, tail=tok.tail
+            texts.gather(r),
+            max_len=tok.max_len,
+            keep_whitespace=tok.keep_whitespace,
+            tail=tok.tail,
+            marks=tok.marks,
         )
         pos[name] = positions(encoded.ids, encoded.lengths.astype(np.int64), word, BUCKETS)
         target[name] = torch.from_numpy(np.asarray(labels.index[r], dtype=np.int64))
     idf = fit_idf(pos["train"], len(word), BUCKETS)
-    return {name: design(p, idf) for name, p in pos.items()}, target, len(labels.values)
+    full = {name: design(p, idf) for name, p in pos.items()}
+    compact = {name: design(p, idf, compact=True) for name, p in pos.items()}
+    return full, compact, target, len(labels.values)
 
 
 def val_loss(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, bias) -> float:
@@ -86,23 +96,29 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    x, target, classes = features(args.data, args.split_file)
-    layouts = {"coo": (x["train"], x["train"].t().coalesce()), "csr": products(x["train"])}
+    x, compact, target, classes = features(args.data, args.split_file)
+    layouts = {
+        "coo": (x["train"], x["train"].t().coalesce(), x),
+        "csr": (*products(x["train"]), x),
+        "compact": (*products(compact["train"]), compact),
+    }
     # Interleaved, the order turned round each repeat: this box's speed drifts by tens of
     # percent over minutes, so one pass of each would compare two different machines.
     runs: dict[str, list[list[dict]]] = {name: [] for name in layouts}
     for repeat in range(args.repeats):
         for layout in list(layouts)[:: 1 if repeat % 2 == 0 else -1]:
-            runs[layout].append(fit_all(layout, *layouts[layout], x, target, classes))
+            runs[layout].append(fit_all(layout, *layouts[layout], target, classes))
     results: dict = {
         name: {"runs": chain, "seconds": median([sum(f["seconds"] for f in r) for r in chain])}
         for name, chain in runs.items()
     }
     results["coo_over_csr"] = results["coo"]["seconds"] / results["csr"]["seconds"]
+    results["csr_over_compact"] = results["csr"]["seconds"] / results["compact"]["seconds"]
     report = {
         "machine": machine(),
         "rows": {name: int(v.shape[0]) for name, v in x.items()},
         "features": int(x["train"].shape[1]),
+        "features_nonzero_idf": int(compact["train"].shape[1]),
         "nonzeros": int(x["train"]._nnz()),
         "threads": args.threads,
         "repeats": args.repeats,
@@ -112,7 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"linear fit, {args.threads} thread(s), median of {args.repeats}: "
         f"COO {results['coo']['seconds']:.1f}s, CSR {results['csr']['seconds']:.1f}s "
-        f"({results['coo_over_csr']:.1f}x)"
+        f"({results['coo_over_csr']:.1f}x), CSR over nonzero-idf features "
+        f"{results['compact']['seconds']:.1f}s ({results['csr_over_compact']:.1f}x)"
     )
     return report
 

@@ -133,8 +133,13 @@ def onnx_parity(model_dir: Path) -> dict[str, object]:
     card = directory.card
     texts = read_texts(read_table(DEFAULT_REVIEWS), card.text_columns, DEFAULT_REVIEWS)
     texts = texts.filter(read_split_file(DEFAULT_SPLIT, len(texts)) == "test")
+    tok = card.tokenizer
     enc = directory.vocab().encode(
-        texts, max_len=card.tokenizer.max_len, keep_whitespace=card.tokenizer.keep_whitespace
+        texts,
+        max_len=tok.max_len,
+        keep_whitespace=tok.keep_whitespace,
+        tail=tok.tail,
+        marks=tok.marks,
     )
     reference = ReferenceOutputs(directory.load_model(), card.labels)
     with torch.inference_mode():

@@ -71,17 +71,39 @@ def fit_idf(train: Positions, vocab: int, buckets: int) -> np.ndarray:
     return idf
 
 
-def design(pos: Positions, idf: np.ndarray) -> torch.Tensor:
+def design(pos: Positions, idf: np.ndarray, *, compact: bool = False) -> torch.Tensor:
     """Sparse ``[n, V + buckets]`` float64: each position's idf, summed per feature, each row
-    divided by the root of its positions' summed squared idfs (as ``IdfNgrams`` computes)."""
+    divided by the root of its positions' summed squared idfs (as ``IdfNgrams`` computes).
+    ``compact``: only the features of nonzero idf, in order (``np.flatnonzero(idf)``): the
+    others' columns are empty, so their weights stay at zero and the fit need not carry them
+    (most of the buckets: dense L-BFGS steps over them cost more than the sparse products)."""
     weight = idf[pos.columns]
     square = np.bincount(pos.rows, weights=weight * weight, minlength=pos.n)
     values = weight / np.sqrt(np.maximum(square, 1e-12))[pos.rows]
-    index = torch.from_numpy(np.stack([pos.rows, pos.columns]))
+    rows, columns, width = pos.rows, pos.columns, len(idf)
+    if compact:
+        kept = weight != 0
+        active = np.flatnonzero(idf)
+        renumber = np.zeros(len(idf), dtype=np.int64)
+        renumber[active] = np.arange(len(active))
+        rows, columns, values, width = (
+            rows[kept],
+            renumber[columns[kept]],
+            values[kept],
+            len(active),
+        )
+    index = torch.from_numpy(np.stack([rows, columns]))
     coo = torch.sparse_coo_tensor(
-        index, torch.from_numpy(values), (pos.n, len(idf)), check_invariants=True
+        index, torch.from_numpy(values), (pos.n, width), check_invariants=True
     )
     return coo.coalesce()
+
+
+def expand(weight: torch.Tensor, idf: np.ndarray) -> torch.Tensor:
+    """Weights fitted on ``design(..., compact=True)`` at full width: zero where idf is zero."""
+    full = torch.zeros(len(idf), weight.shape[1], dtype=weight.dtype)
+    full[torch.from_numpy(np.flatnonzero(idf))] = weight
+    return full
 
 
 def products(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,7 +231,7 @@ def blend_into(
         for name in ("train", "val")
     }
     idf = fit_idf(pos["train"], vocab, buckets)
-    x = {name: design(pos[name], idf) for name in pos}
+    x = {name: design(pos[name], idf, compact=True) for name in pos}
     train, xt = products(x["train"])
     train_target = torch.from_numpy(sets["train"].label_index.astype(np.int64))
     val_target = sets["val"].target.cpu()
@@ -234,7 +256,7 @@ def blend_into(
             model.wide.bigram.weight.mul_(a)
     device = model.head.weight.device
     model.config = replace(model.config, linear_buckets=buckets)
-    model.linear = linear_path(vocab, buckets, idf, word, weight, b).to(device)
+    model.linear = linear_path(vocab, buckets, idf, word, expand(weight, idf), b).to(device)
     return {
         "c": c,
         "a": a,

@@ -69,6 +69,10 @@ def vocab_command(
             help="Keep spaCy's whitespace tokens (the reference does).",
         ),
     ] = True,
+    marks: Annotated[
+        str,
+        typer.Option(help="Punctuation to keep, each character a token of its own (e.g. '!?')."),
+    ] = "",
 ) -> None:
     """Clean, tokenize and build the vocabulary of a reviews file; print a summary."""
     from scorer.vocab_job import DEFAULT_TEXT_COLUMNS, build_vocab_file
@@ -80,6 +84,7 @@ def vocab_command(
         split_file=split_file,
         min_count=min_count,
         keep_whitespace=keep_whitespace,
+        marks=marks,
     )
     typer.echo(summary.line())
 
@@ -115,6 +120,13 @@ def train_command(
     min_count: Annotated[int | None, typer.Option()] = None,
     keep_whitespace: Annotated[
         bool | None, typer.Option("--keep-whitespace/--drop-whitespace")
+    ] = None,
+    marks: Annotated[
+        str | None,
+        typer.Option(
+            help="Punctuation to keep, each character a token of its own (e.g. '!?'); "
+            "'' cleans all punctuation away, as the reference recipe does."
+        ),
     ] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
     batch_size: Annotated[

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,15 @@ FORMAT_VERSION = 2
 Variant = Literal["fixed", "packed", "vectors", "regression"]
 VARIANTS: tuple[str, ...] = ("fixed", "packed", "vectors", "regression")
 POOLINGS: tuple[str, ...] = ("last", "last+max")
+
+
+def check_marks(marks: str) -> str:
+    """``marks`` if it names distinct ASCII punctuation characters; else a UserError."""
+    if not isinstance(marks, str) or any(c not in string.punctuation for c in marks):
+        raise UserError(f"marks must be ASCII punctuation characters, got {marks!r}")
+    if len(set(marks)) != len(marks):
+        raise UserError(f"marks must not repeat a character, got {marks!r}")
+    return marks
 
 
 @dataclass(frozen=True)
@@ -34,8 +44,12 @@ class TokenizerConfig:
     # Set max_len (at most the one given) and tail from the training reviews' lengths
     # (presets.fit_lengths); the model's config.json holds the values chosen.
     fit_length: bool = False
+    # Punctuation kept, each character a token of its own ("!?": "great!" reads as "great",
+    # "!"); all other punctuation is cleaned away, as the reference recipe does.
+    marks: str = ""
 
     def __post_init__(self) -> None:
+        check_marks(self.marks)
         if not 0 <= self.tail <= self.max_len:
             raise UserError(f"tail must be in [0, max_len={self.max_len}], got {self.tail}")
 

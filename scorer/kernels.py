@@ -3,10 +3,11 @@
 A row's text is one or more Arrow string columns joined by one space (nulls as ""), read
 straight from the columns' byte buffers: no joined copy, no cleaned copy, no token strings.
 The pass applies the reference cleaning byte by byte (a run of non-ASCII bytes becomes one
-space, ASCII is lowercased, punctuation, digits and ``\\r\\t\\n`` become spaces) and spaCy's
-rules on the cleaned stream (see ``scorer.text``). Invalid UTF-8 only ever sits inside a
-non-ASCII run, which becomes one space either way, so raw bytes give exactly the tokens of
-the lossily decoded text, and the run is where the row is flagged as invalid.
+space, ASCII is lowercased, punctuation, digits and ``\\r\\t\\n`` become spaces, but for the
+kept marks of ``tables``) and spaCy's rules on the cleaned stream (see ``scorer.text``).
+Invalid UTF-8 only ever sits inside a non-ASCII run, which becomes one space either way, so
+raw bytes give exactly the tokens of the lossily decoded text, and the run is where the row
+is flagged as invalid.
 
 ``mode`` picks what a row's tokens become:
 
@@ -21,6 +22,7 @@ The kernels release the GIL, so callers run row ranges on plain threads.
 
 from __future__ import annotations
 
+import functools
 import string
 
 import numba as nb
@@ -31,25 +33,32 @@ _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 
 # Cleaned value of each ASCII byte, and its class on the cleaned stream: 0 part of a word,
-# 1 the space " " (which a word absorbs once), 2 other whitespace (a token of its own).
+# 1 the space " " (which a word absorbs once), 2 other whitespace (a token of its own), 3 a
+# kept mark (a token of its own, one byte long, absorbing one " " like a word).
 _STRIPPED = string.punctuation + string.digits + "\r\t\n"
+WORD, SPACE, WHITESPACE, MARK = 0, 1, 2, 3
 
 
-def _tables() -> tuple[np.ndarray, np.ndarray]:
+@functools.cache
+def tables(marks: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """(cleaned value, class) of each ASCII byte; ``marks``: punctuation kept, each character
+    a token of its own (``TokenizerConfig.marks``)."""
     clean = np.arange(128, dtype=np.uint8)
     for ch in string.ascii_uppercase:
         clean[ord(ch)] = ord(ch.lower())
     for ch in _STRIPPED:
-        clean[ord(ch)] = ord(" ")
-    kind = np.zeros(128, dtype=np.uint8)
+        if ch not in marks:
+            clean[ord(ch)] = ord(" ")
+    kind = np.full(128, WORD, dtype=np.uint8)
     for code in range(128):
         c = chr(code)
         if c.isspace() and c not in "\r\t\n":
-            kind[code] = 1 if c == " " else 2
+            kind[code] = SPACE if c == " " else WHITESPACE
+    for ch in marks:
+        kind[ord(ch)] = MARK
+    clean.flags.writeable = False
+    kind.flags.writeable = False
     return clean, kind
-
-
-CLEAN, KIND = _tables()
 
 
 @nb.njit(inline="always")
@@ -188,7 +197,7 @@ def _make_tokenizer(mode: int):
 
     @nb.njit(nogil=True, cache=True)
     def kernel(
-        datas, offsets, valids, lo, hi, keep_ws, max_tokens, tail,
+        datas, offsets, valids, lo, hi, keep_ws, max_tokens, tail, clean, kind,
         keys, key_off, key_len, slot_val, default, max_key, piece_off, piece_len, piece_val,
         ids, counts, nbytes, invalid, out_bytes, byte_start, row_token, token_byte,
     ):  # fmt: skip
@@ -205,7 +214,7 @@ def _make_tokenizer(mode: int):
             n_tok = 0
             pos = byte_start[row] if mode == STRINGS else 0
             tok = row_token[row] if mode == STRINGS else 0
-            state = 0  # 0 nothing pending, 1 a word, 2 a whitespace run
+            state = 0  # 0 nothing pending, 1 a word, 2 a whitespace run, 3 a mark
             size = 0  # true length of the pending token
             h = _FNV_OFFSET
             tok_pos = pos  # where the pending token's bytes start in out_bytes
@@ -229,13 +238,14 @@ def _make_tokenizer(mode: int):
                         bad = bad or run_bad
                         ch = np.uint8(32)
                     else:
-                        ch = CLEAN[data[i]]
+                        ch = clean[data[i]]
                         i += 1
-                        if KIND[ch] == 0:
-                            if state == 2:
+                        if kind[ch] == WORD or kind[ch] == MARK:
+                            # A pending token ends here, unless this byte continues a word.
+                            if state == 2 or state == 3 or (state == 1 and kind[ch] == MARK):
                                 n_tok, tok, dropped = _finish(
-                                    mode, True, keep_ws, limit, row, n_tok, tok, tok_pos, h,
-                                    size, scratch, keys, key_off, key_len, slot_val, default,
+                                    mode, state == 2, keep_ws, limit, row, n_tok, tok, tok_pos,
+                                    h, size, scratch, keys, key_off, key_len, slot_val, default,
                                     max_key, piece_off, piece_len, piece_val, ids, token_byte,
                                     ring, head, tail,
                                 )  # fmt: skip
@@ -245,6 +255,15 @@ def _make_tokenizer(mode: int):
                                 if n_tok >= limit:
                                     done = True
                                     break
+                            if kind[ch] == MARK:
+                                state, size, h, tok_pos = 3, 1, _FNV_OFFSET, pos
+                                scratch[0] = ch
+                                if mode == STRINGS:
+                                    out_bytes[pos] = ch
+                                if mode != IDS:
+                                    pos += 1
+                                h = (h ^ np.uint64(ch)) * _FNV_PRIME
+                                continue
                             if state == 0:
                                 state, size, h, tok_pos = 1, 0, _FNV_OFFSET, pos
                             # This byte and the rest of the word, in a tight loop.
@@ -259,13 +278,13 @@ def _make_tokenizer(mode: int):
                                 h = (h ^ np.uint64(ch)) * _FNV_PRIME
                                 if i >= end or data[i] >= 0x80:
                                     break
-                                ch = CLEAN[data[i]]
-                                if KIND[ch] != 0:
+                                ch = clean[data[i]]
+                                if kind[ch] != WORD:
                                     break
                                 i += 1
                             continue
-                    # A whitespace byte: it ends a word, which absorbs one " ".
-                    if state == 1:
+                    # A whitespace byte: it ends a word or mark, which absorbs one " ".
+                    if state == 1 or state == 3:
                         n_tok, tok, _ = _finish(
                             mode, False, keep_ws, limit, row, n_tok, tok, tok_pos, h, size,
                             scratch, keys, key_off, key_len, slot_val, default, max_key,

@@ -230,7 +230,9 @@ def fit_lengths(tokenizer: TokenizerConfig, texts) -> TokenizerConfig:
 
     from scorer.text import token_strings
 
-    counts, _ = token_strings(texts, keep_whitespace=tokenizer.keep_whitespace)
+    counts, _ = token_strings(
+        texts, keep_whitespace=tokenizer.keep_whitespace, marks=tokenizer.marks
+    )
     quantile = float(np.quantile(counts, FIT_QUANTILE)) if len(counts) else 0.0
     fitted = int(min(tokenizer.max_len, max(MIN_FIT_LEN, -(-int(quantile) // 8) * 8)))
     return replace(tokenizer, max_len=fitted, tail=fitted // 4, fit_length=False)

@@ -77,6 +77,7 @@ def check_graph(directory: ModelDir, path: Path) -> None:
             embedded["tokenizer"]["max_len"],
             embedded["tokenizer"].get("tail", 0),
             embedded["tokenizer"]["keep_whitespace"],
+            embedded["tokenizer"].get("marks", ""),
             [float(v) for v in embedded["labels"]],
             meta[META_VOCAB_SHA256],
         )
@@ -86,10 +87,11 @@ def check_graph(directory: ModelDir, path: Path) -> None:
         card.tokenizer.max_len,
         card.tokenizer.tail,
         card.tokenizer.keep_whitespace,
+        card.tokenizer.marks,
         list(card.labels),
         card.vocab_sha256,
     )
-    names = ("max_len", "tail", "keep_whitespace", "labels", "vocabulary sha256")
+    names = ("max_len", "tail", "keep_whitespace", "marks", "labels", "vocabulary sha256")
     for name, got, want in zip(names, facts_of_card, expected, strict=True):
         if got != want:
             raise UserError(f"{path}: its model card says {name} {got!r}, config.json {want!r}")
@@ -152,6 +154,7 @@ def encode_table(
             max_len=tok.max_len,
             keep_whitespace=tok.keep_whitespace,
             tail=tok.tail,
+            marks=tok.marks,
             threads=1,
         )
         ids[start:end], lengths[start:end], invalid[start:end] = (

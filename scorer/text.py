@@ -10,6 +10,10 @@ applies in one compiled pass over the raw bytes of Arrow string columns:
    becomes one token (so ``"a  b"`` -> ``a``, ``" "``, ``b``, and leading spaces are kept).
 3. A word that is one of spaCy's special cases is split (``dont`` -> ``do``, ``nt``).
 
+A tokenizer may keep some punctuation (``TokenizerConfig.marks``, e.g. ``"!?"``): cleaning
+leaves those characters, and each is a token of its own that absorbs one following ``" "`` as a
+word does (``"great!! ok"`` -> ``great``, ``!``, ``!``, ``ok``), as spaCy splits them off words.
+
 A batch of texts is a ``TextColumns``: one or more Arrow string columns whose values are
 joined by one space per row (nulls as ""), as the reviews' ``Title`` and ``Review Text`` are.
 """
@@ -40,9 +44,15 @@ MIN_TASK_ROWS = 2048
 _NO_LIMIT = np.iinfo(np.int64).max
 
 
-def clean(text: str) -> str:
-    """The reference cleaning of one review (the definition the kernel must match)."""
-    return _NON_ASCII_RE.sub(" ", text).lower().translate(_STRIP_TABLE)
+def clean(text: str, marks: str = "") -> str:
+    """The reference cleaning of one review (the definition the kernel must match); with
+    ``marks``, those punctuation characters are kept, each then a token of its own."""
+    table = (
+        _STRIP_TABLE
+        if not marks
+        else str.maketrans({c: " " for c in STRIPPED_CHARS if c not in marks})
+    )
+    return _NON_ASCII_RE.sub(" ", text).lower().translate(table)
 
 
 Texts = Sequence[str | None] | pl.Series | pa.Array | pa.ChunkedArray
@@ -213,6 +223,7 @@ def encode_ids(
     max_len: int,
     keep_whitespace: bool,
     tail: int = 0,
+    marks: str = "",
     threads: int | None = None,
 ) -> Encoded:
     """At most ``max_len`` tokens of each row as table values: the first ``max_len - tail``
@@ -232,7 +243,7 @@ def encode_ids(
     def run(lo: int, hi: int) -> None:
         kernels.tokenize_ids(
             datas, offsets, valids, lo, hi, keep_whitespace, max_len, tail,
-            *table.args(), ids, counts, _EMPTY_INDEX, invalid,
+            *kernels.tables(marks), *table.args(), ids, counts, _EMPTY_INDEX, invalid,
             _EMPTY_BYTES, _EMPTY_INDEX, _EMPTY_INDEX, _EMPTY_INDEX,
         )  # fmt: skip
 
@@ -241,7 +252,11 @@ def encode_ids(
 
 
 def token_strings(
-    texts: Texts | TextColumns, *, keep_whitespace: bool = True, threads: int | None = None
+    texts: Texts | TextColumns,
+    *,
+    keep_whitespace: bool = True,
+    marks: str = "",
+    threads: int | None = None,
 ) -> tuple[np.ndarray, pl.Series]:
     """Every token of a batch as text, flattened in row order, and the count per row."""
     columns = TextColumns.of(texts)
@@ -255,7 +270,7 @@ def token_strings(
     def count(lo: int, hi: int) -> None:
         kernels.count_tokens(
             datas, offsets, valids, lo, hi, keep_whitespace, _NO_LIMIT, 0,
-            *table.args(), _EMPTY_IDS, counts, sizes, invalid,
+            *kernels.tables(marks), *table.args(), _EMPTY_IDS, counts, sizes, invalid,
             _EMPTY_BYTES, _EMPTY_INDEX, _EMPTY_INDEX, _EMPTY_INDEX,
         )  # fmt: skip
 
@@ -269,7 +284,7 @@ def token_strings(
     def fill(lo: int, hi: int) -> None:
         kernels.write_tokens(
             datas, offsets, valids, lo, hi, keep_whitespace, _NO_LIMIT, 0,
-            *table.args(), _EMPTY_IDS, counts, sizes, invalid,
+            *kernels.tables(marks), *table.args(), _EMPTY_IDS, counts, sizes, invalid,
             out, byte_start, row_token, token_byte,
         )  # fmt: skip
 
@@ -280,9 +295,12 @@ def token_strings(
     return counts, pl.Series("token", strings)
 
 
-def tokenize(texts: Texts | TextColumns, *, keep_whitespace: bool = True) -> list[list[str]]:
-    """Tokens of each text, equal to ``[t.text for t in spacy_tokenizer(clean(text))]``."""
-    counts, strings = token_strings(texts, keep_whitespace=keep_whitespace)
+def tokenize(
+    texts: Texts | TextColumns, *, keep_whitespace: bool = True, marks: str = ""
+) -> list[list[str]]:
+    """Tokens of each text, equal to ``[t.text for t in spacy_tokenizer(clean(text))]``;
+    with ``marks``, ``clean(text, marks)`` with each mark a token of its own."""
+    counts, strings = token_strings(texts, keep_whitespace=keep_whitespace, marks=marks)
     bounds = np.concatenate([[0], np.cumsum(counts)])
     flat = strings.to_list()
     return [flat[bounds[i] : bounds[i + 1]] for i in range(len(counts))]

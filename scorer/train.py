@@ -114,7 +114,10 @@ def train_model(job: TrainJob) -> TrainResult:
 
     tok = fit_lengths(job.tokenizer, texts.gather(rows["train"]))
     vocab = Vocab.build(
-        texts.gather(rows["train"]), min_count=tok.min_count, keep_whitespace=tok.keep_whitespace
+        texts.gather(rows["train"]),
+        min_count=tok.min_count,
+        keep_whitespace=tok.keep_whitespace,
+        marks=tok.marks,
     )
     model_cfg = replace(job.model, vocab_size=len(vocab), num_labels=len(labels.values))
     sets = {

@@ -51,7 +51,11 @@ def to_dataset(
     runtime: Runtime,
 ) -> Dataset:
     enc = vocab.encode(
-        texts, max_len=tok.max_len, keep_whitespace=tok.keep_whitespace, tail=tok.tail
+        texts,
+        max_len=tok.max_len,
+        keep_whitespace=tok.keep_whitespace,
+        tail=tok.tail,
+        marks=tok.marks,
     )
     values = np.asarray(labels, dtype=np.float32)
     host_lengths = enc.lengths.astype(np.int64)

@@ -53,11 +53,12 @@ class Vocab:
         *,
         min_count: int = 2,
         keep_whitespace: bool = True,
+        marks: str = "",
     ) -> Vocab:
         """Tokens seen at least ``min_count`` times, most frequent first, ties by text."""
         if min_count < 1:
             raise UserError(f"--min-count must be >= 1, got {min_count}")
-        _, strings = token_strings(texts, keep_whitespace=keep_whitespace)
+        _, strings = token_strings(texts, keep_whitespace=keep_whitespace, marks=marks)
         counts = (
             strings.value_counts(name="count")
             .filter(pl.col("count") >= min_count)
@@ -72,6 +73,7 @@ class Vocab:
         max_len: int,
         keep_whitespace: bool,
         tail: int = 0,
+        marks: str = "",
         threads: int | None = None,
     ) -> Encoded:
         """Clean, tokenize and map a batch to ids, keeping at most ``max_len`` tokens (the
@@ -85,6 +87,7 @@ class Vocab:
             max_len=max_len,
             keep_whitespace=keep_whitespace,
             tail=tail,
+            marks=marks,
             threads=threads,
         )
 

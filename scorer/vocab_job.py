@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from scorer.config import check_marks
 from scorer.data import DEFAULT_TEXT_COLUMNS, read_split_file, read_table, read_texts
 from scorer.text import token_strings
 from scorer.vocab import Vocab
@@ -43,14 +44,16 @@ def build_vocab_file(
     split_file: Path | None = None,
     min_count: int = 2,
     keep_whitespace: bool = True,
+    marks: str = "",
 ) -> VocabSummary:
+    check_marks(marks)
     start = time.perf_counter()
     frame = read_table(data)
     texts = read_texts(frame, text_columns, data)
     if split_file is not None:
         texts = texts.filter(read_split_file(split_file, len(texts)) == "train")
-    vocab = Vocab.build(texts, min_count=min_count, keep_whitespace=keep_whitespace)
-    _, tokens = token_strings(texts, keep_whitespace=keep_whitespace)
+    vocab = Vocab.build(texts, min_count=min_count, keep_whitespace=keep_whitespace, marks=marks)
+    _, tokens = token_strings(texts, keep_whitespace=keep_whitespace, marks=marks)
     unknown = int((~tokens.is_in(list(vocab.tokens[2:]))).sum())
     vocab.save(out)
     return VocabSummary(

@@ -61,7 +61,8 @@ def make_model_dir(path: Path, *, variant: str = "packed", seed: int = 0, **mode
 
     frame = make_reviews(200, seed)
     texts = frame["Title"].fill_null("") + " " + frame["Review Text"]
-    vocab = Vocab.build(texts, min_count=1)
+    marks = model_options.pop("marks", "")
+    vocab = Vocab.build(texts, min_count=1, marks=marks)
     max_len = model_options.pop("max_len", 24)
     tail = model_options.pop("tail", 0)
     options = {"embedding_dim": 8, "hidden_dim": 8, **model_options}
@@ -95,7 +96,7 @@ def make_model_dir(path: Path, *, variant: str = "packed", seed: int = 0, **mode
         path,
         model=model.eval(),
         vocab=vocab,
-        tokenizer=TokenizerConfig(max_len=max_len, tail=tail),
+        tokenizer=TokenizerConfig(max_len=max_len, tail=tail, marks=marks),
         train=TrainConfig(),
         labels=(1.0, 2.0, 3.0, 4.0, 5.0),
         text_columns=("Title", "Review Text"),

@@ -135,9 +135,9 @@ def test_quality_on_any_labelled_file_reports_model_and_baseline_and_the_search(
         dataset_significance("mine", data, ("body",), "stars", split, [seed0])
 
 
-def test_blend_fit_reaches_the_same_optimum_with_either_layout(tmp_path, monkeypatch) -> None:
-    """The benchmark behind the CSR products: both layouts fit the same model (its timings are
-    figures, never asserted)."""
+def test_blend_fit_reaches_the_same_optimum_with_every_layout(tmp_path, monkeypatch) -> None:
+    """The benchmark behind the CSR products over nonzero-idf features: every layout fits the
+    same model (its timings are figures, never asserted)."""
     from benchmarks import blend_fit, common
     from tests.helpers import write_reviews
 
@@ -149,10 +149,12 @@ def test_blend_fit_reaches_the_same_optimum_with_either_layout(tmp_path, monkeyp
     argv = ["--data", str(data), "--split-file", str(split), "--repeats", "2"]
     report = blend_fit.main(argv)
     assert report["rows"] == {"train": 240, "val": 60}
-    assert [len(report[layout]["runs"]) for layout in ("coo", "csr")] == [2, 2]
-    for coo, csr in zip(report["coo"]["runs"][0], report["csr"]["runs"][1], strict=True):
-        assert coo["c"] == csr["c"]
-        assert abs(coo["val_ce"] - csr["val_ce"]) < 1e-6
+    assert [len(report[layout]["runs"]) for layout in ("coo", "csr", "compact")] == [2, 2, 2]
+    assert report["features_nonzero_idf"] < report["features"]
+    coo, csr, compact = (report[layout]["runs"][1] for layout in ("coo", "csr", "compact"))
+    for a, b, c in zip(coo, csr, compact, strict=True):
+        assert a["c"] == b["c"] == c["c"]
+        assert abs(a["val_ce"] - b["val_ce"]) < 1e-6 and abs(a["val_ce"] - c["val_ce"]) < 1e-6
     assert len(list((tmp_path / "results").glob("*-blend-fit.json"))) == 1
 
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from scorer.blend import (
     design,
+    expand,
     fit_idf,
     fit_logistic,
     fit_weights,
@@ -97,6 +98,23 @@ def test_fit_logistic_reaches_the_penalized_optimum() -> None:
         return z / z.sum(axis=1, keepdims=True)
 
     np.testing.assert_allclose(softmax(ours), softmax(theirs), atol=1e-4)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fitting_the_nonzero_idf_features_only_reaches_the_same_model(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    ids, lengths = _random_ids(rng, 60, 6)
+    target = torch.from_numpy((ids[:, 0] % CLASSES).astype(np.int64))
+    pos = positions(ids, np.maximum(lengths, 1), _word(), BUCKETS)
+    idf = fit_idf(pos, VOCAB, BUCKETS)
+    full, compact = design(pos, idf), design(pos, idf, compact=True)
+    assert compact.shape == (60, int((idf > 0).sum())) and compact.shape[1] < full.shape[1]
+    weight, bias = fit_logistic(*products(full), target, CLASSES, c=4.0)
+    small, small_bias = fit_logistic(*products(compact), target, CLASSES, c=4.0)
+    assert torch.all(weight[torch.from_numpy(idf == 0)] == 0)
+    torch.testing.assert_close(expand(small, idf), weight, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(small_bias, bias, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.sparse.mm(compact, small), torch.sparse.mm(full, weight))
 
 
 def test_fit_weights_finds_the_blend_that_generated_the_labels() -> None:

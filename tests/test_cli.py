@@ -39,11 +39,22 @@ def test_vocab_command_writes_vocab_and_summary(tmp_path, reviews, capsys) -> No
     assert json.loads(out.read_text())["tokens"] == ["<pad>", "<unk>", "love", " ", "great", "it"]
 
 
+def test_vocab_keeps_the_marks_asked_for(tmp_path, reviews, capsys) -> None:
+    out = tmp_path / "vocab.json"
+    args = ["vocab", str(reviews), "--out", str(out), "--min-count", "1", "--marks", ","]
+    assert main(args) == 0
+    assert "," in json.loads(out.read_text())["tokens"]
+    assert main(args[:-2]) == 0
+    assert "," not in json.loads(out.read_text())["tokens"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--text-col", "body"], "no column 'body'; columns are: 'Title', 'Review Text', 'Rating'"),
         (["--min-count", "0"], "--min-count must be >= 1"),
+        (["--marks", "!a"], "marks must be ASCII punctuation characters, got '!a'"),
+        (["--marks", "!!"], "marks must not repeat a character, got '!!'"),
     ],
 )
 def test_user_errors_are_one_line_exit_1(tmp_path, reviews, capsys, args, message) -> None:

@@ -100,6 +100,7 @@ def _external_vouched(model) -> None:
         (_append_byte, "does not match the sha256 in config.json"),
         (_vouched(_card_edit("max_len", 7)), "its model card says max_len 7"),
         (_vouched(_card_edit("keep_whitespace", False)), "keep_whitespace False"),
+        (_vouched(_card_edit("marks", "!")), "its model card says marks '!'"),
         (_vouched(_card_edit("labels", [1, 2, 3, 4, 6])), "its model card says labels"),
         (_vouched(_old_format), "has format_version '1'"),
         (_external_vouched, "refers to external data files"),

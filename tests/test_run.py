@@ -91,6 +91,27 @@ def test_scores_match_direct_session_on_encoded_rows(tmp_path, model, reviews) -
     np.testing.assert_allclose(got, probs, atol=1e-5)
 
 
+def test_a_model_that_keeps_marks_is_scored_with_them(tmp_path, reviews) -> None:
+    directory = make_model_dir(tmp_path / "m", variant="packed", marks="!?")
+    export_model(directory.path)
+    out = tmp_path / "s.parquet"
+    run(directory.path, reviews, out)
+    texts = (
+        pl.read_parquet(reviews)
+        .select(
+            pl.concat_str([pl.col("Title").fill_null(""), pl.col("Review Text")], separator=" ")
+        )
+        .to_series()[:50]
+    )
+    vocab = directory.vocab()
+    enc = vocab.encode(texts, max_len=24, keep_whitespace=True, marks="!?")
+    plain = vocab.encode(texts, max_len=24, keep_whitespace=True)
+    assert "!" in vocab.index and (enc.ids != plain.ids).any()
+    probs, _ = open_scorer(directory.path).run(enc.ids, enc.lengths.astype(np.int64))
+    got = pl.read_parquet(out).head(50).select(pl.col("^prob_.*$")).to_numpy()
+    np.testing.assert_allclose(got, probs, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["csv", "ndjson", "dir", "glob"])
 def test_every_input_kind_gives_the_same_scores(tmp_path, model, reviews, kind) -> None:
     frame = pl.read_parquet(reviews)

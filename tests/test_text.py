@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import string
 import subprocess
 import sys
@@ -63,6 +64,30 @@ def test_tokenize_table(raw: str | None, tokens: list[str]) -> None:
     assert spacy_tokens(raw) == tokens
 
 
+@pytest.mark.parametrize(
+    ("raw", "marks", "tokens"),
+    [
+        ("Great!! ok", "!?", ["great", "!", "!", "ok"]),
+        ("what?!", "!?", ["what", "?", "!"]),
+        ("!start", "!", ["!", "start"]),
+        ("a!b", "!", ["a", "!", "b"]),  # spaCy keeps "a!b" whole; a mark always stands alone
+        ("love it! ", "!", ["love", "it", "!"]),  # a mark absorbs one space, as a word does
+        ("x  ! y", "!", ["x", " ", "!", "y"]),
+        ("Dont! do it", "!", ["do", "nt", "!", "do", "it"]),
+        ("5 stars!", "!?", ["  ", "stars", "!"]),
+        ("is it?\n!", "?", ["is", "it", "?", " "]),  # "!" is not kept here: a space
+        ("is it?\n!", "!?", ["is", "it", "?", "!"]),  # "\n" cleans to " ", which "?" absorbs
+        ("caf\u00e9!", "!", ["caf", "!"]),  # the non-ASCII run: one space, absorbed
+        ("Hello, World!", "", ["hello", " ", "world"]),  # no marks: the reference cleaning
+    ],
+)
+def test_kept_marks_are_tokens_of_their_own(raw: str, marks: str, tokens: list[str]) -> None:
+    assert tokenize([raw], marks=marks) == [tokens]
+    assert tokenize([raw], marks=marks, keep_whitespace=False) == [
+        [t for t in tokens if not t.isspace()]
+    ]
+
+
 def test_drop_whitespace_keeps_only_words() -> None:
     texts = ["a  b", "  dont ", "\x0b\x0c", "", None]
     assert tokenize(texts, keep_whitespace=False) == [["a", "b"], ["do", "nt"], [], [], []]
@@ -77,6 +102,30 @@ _CHARS = st.sampled_from(
 )
 _WORDS = st.sampled_from(["dont", "Cannot", "gonna", "im", "its", "cant've", "y'all", "lets"])
 _TEXT = st.lists(st.one_of(_CHARS, _WORDS, _CHARS), max_size=25).map("".join)
+_MARKS = st.sampled_from(["!", "?", "!!", "?!", "! ", " ?"])
+_TEXT_WITH_MARKS = st.lists(st.one_of(_CHARS, _WORDS, _MARKS), max_size=25).map("".join)
+
+
+def spacy_tokens_with_marks(text: str | None, marks: str) -> list[str]:
+    """spaCy splits a mark off a word's start or end; one between letters stays inside the
+    word (``a!b``), which the kernel splits too: such words go through spaCy again in pieces."""
+    out = []
+    for token in (t.text for t in SPACY(clean(text or "", marks))):
+        if len(token) == 1 or not any(m in token for m in marks):
+            out.append(token)
+            continue
+        for piece in re.split(f"([{re.escape(marks)}])", token):
+            out.extend([piece] if piece in marks else [t.text for t in SPACY(piece)])
+    return [t for t in out if t]
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.one_of(_TEXT_WITH_MARKS, st.none()), min_size=10, max_size=30),
+    st.sampled_from(["!", "?", "!?", "?!"]),
+)
+def test_kept_marks_match_spacy_split_at_every_mark(texts: list[str | None], marks: str) -> None:
+    assert tokenize(texts, marks=marks) == [spacy_tokens_with_marks(t, marks) for t in texts]
 
 
 @settings(max_examples=400)
@@ -114,13 +163,14 @@ def test_parity_on_every_reference_review(reference_data) -> None:
 _BOUNDS = """
 from scorer.text import tokenize
 from scorer.vocab import Vocab
-texts = ["a \\x0b\\x0b", "dont\\x0c", "  ", "\\x0b", "x" * 300, "a b \\x1f \\x1c"]
-vocab = Vocab.build(texts, min_count=1)
-for keep in (True, False):
-    tokenize(texts, keep_whitespace=keep)
-    tokenize(texts[::-1], keep_whitespace=keep)
-    for tail in (0, 1, 2):
-        vocab.encode(texts, max_len=2, keep_whitespace=keep, tail=tail)
+texts = ["a \\x0b\\x0b", "dont\\x0c", "  ", "\\x0b", "x" * 300, "a b \\x1f \\x1c", "!", "a!?", "! "]
+for marks in ("", "!?"):
+    vocab = Vocab.build(texts, min_count=1, marks=marks)
+    for keep in (True, False):
+        tokenize(texts, keep_whitespace=keep, marks=marks)
+        tokenize(texts[::-1], keep_whitespace=keep, marks=marks)
+        for tail in (0, 1, 2):
+            vocab.encode(texts, max_len=2, keep_whitespace=keep, tail=tail, marks=marks)
 """
 
 

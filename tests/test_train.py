@@ -406,6 +406,15 @@ def test_bad_vectors_file(tmp_path, reviews, content, message) -> None:
         train_model(job(tmp_path, reviews, variant="vectors", vectors=vectors, embedding_dim=2))
 
 
+def test_marks_are_learned_as_words_and_recorded(tmp_path, reviews) -> None:
+    result = train_model(job(tmp_path, reviews, epochs=1, blend=False, marks="!?"))
+    directory = ModelDir.open(result.model_dir.path)
+    assert directory.card.tokenizer.marks == "!?"
+    assert "!" in directory.vocab().index and "?" not in directory.vocab().index  # no "?" seen
+    with pytest.raises(UserError, match="marks must be ASCII punctuation"):
+        resolve({**SMALL, "marks": "!a"})
+
+
 def test_vectors_dimension_must_match_embedding_dim(tmp_path, reviews) -> None:
     vectors = write_vectors(tmp_path / "v.txt", dim=8)
     with pytest.raises(UserError, match="expected 16"):

@@ -97,16 +97,20 @@ def test_head_and_tail_keep_the_first_and_last_tokens(max_len: int, tail: int) -
 
 @settings(max_examples=200)
 @given(
-    st.lists(st.text(alphabet="ab cd\x0b!", max_size=60), min_size=1, max_size=20),
+    st.lists(st.text(alphabet="ab cd\x0b!?", max_size=60), min_size=1, max_size=20),
     st.integers(1, 12),
+    st.sampled_from(["", "!", "!?"]),
     st.data(),
 )
-def test_head_and_tail_on_generated_texts(texts, max_len, data) -> None:
+def test_head_and_tail_on_generated_texts(texts, max_len, marks, data) -> None:
     tail = data.draw(st.integers(0, max_len))
-    vocab = Vocab.build(["a b cd c d ab", " a", "a  b"], min_count=1)
+    vocab = Vocab.build(["a b cd c d ab", " a", "a  b", "a! b?"], min_count=1, marks=marks)
     for keep_whitespace in (True, False):
-        enc = vocab.encode(texts, max_len=max_len, keep_whitespace=keep_whitespace, tail=tail)
-        for i, tokens in enumerate(tokenize(texts, keep_whitespace=keep_whitespace)):
+        enc = vocab.encode(
+            texts, max_len=max_len, keep_whitespace=keep_whitespace, tail=tail, marks=marks
+        )
+        tokenized = tokenize(texts, keep_whitespace=keep_whitespace, marks=marks)
+        for i, tokens in enumerate(tokenized):
             ids = [vocab.index.get(t, 1) for t in tokens]
             if len(ids) > max_len:
                 ids = ids[: max_len - tail] + (ids[len(ids) - tail :] if tail else [])
