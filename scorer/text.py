@@ -12,7 +12,8 @@ applies in one compiled pass over the raw bytes of Arrow string columns:
 
 A tokenizer may keep some punctuation (``TokenizerConfig.marks``, e.g. ``"!?"``): cleaning
 leaves those characters, and each is a token of its own that absorbs one following ``" "`` as a
-word does (``"great!! ok"`` -> ``great``, ``!``, ``!``, ``ok``), as spaCy splits them off words.
+word does (``"great!! ok"`` -> ``great``, ``!``, ``!``, ``ok``): split off a word's start or
+end as spaCy splits them, and off the letters around them too (spaCy keeps ``a!b`` whole).
 
 A batch of texts is a ``TextColumns``: one or more Arrow string columns whose values are
 joined by one space per row (nulls as ""), as the reviews' ``Title`` and ``Review Text`` are.
