@@ -91,11 +91,18 @@ def dataset_quality(
     print(f"{name}: baseline C={baseline['C']} test {_line(baseline['test'])}", flush=True)
     runs = []
     dirs = [work / f"{name}-seed{seed}" for seed in seeds]
+    # Made afresh for recorded runs (which must hold the marks it keeps), and recorded.
+    choice = marks_choice(*resolve(options or {}), texts, labels, split) if from_runs else None
+    if choice is not None:
+        result["marks_choice"] = choice
+    kept_marks = choice["kept"] if choice is not None else None
     for i, seed in enumerate(seeds):
         model, tok, train = resolve({**(options or {}), "seed": seed})
         if from_runs:
             dirs[i] = Path(from_runs.format(name=name, seed=seed))
-            runs.append(recorded_run(dirs[i], seed, model, tok, train, data, result["rows"]))
+            runs.append(
+                recorded_run(dirs[i], seed, model, tok, train, data, result["rows"], kept_marks)
+            )
             print(f"{name}: seed {seed} test {_line(runs[-1]['test'])} (recorded)", flush=True)
             continue
         trained = train_model(
@@ -115,6 +122,7 @@ def dataset_quality(
                 "train_seconds": trained.seconds,
                 "search": search,
                 "kept": kept.search_variant or "default",
+                "marks": trained.model_dir.card.tokenizer.marks,
                 "config": {
                     "model": dataclasses.asdict(model),
                     "tokenizer": dataclasses.asdict(tok),
@@ -147,13 +155,39 @@ def dataset_quality(
 _RUNTIME = {"threads", "device", "precision", "batch_source"}
 
 
+def marks_choice(model, tok, train, texts: pl.Series, labels, split: np.ndarray) -> dict | None:
+    """The recipe's choice of marks (``scorer.marks_choice``) made on this data and split, as
+    metrics.json records it; None where the recipe makes none. No seed enters it."""
+    if not tok.marks_choice or model.regression:
+        return None
+    import torch
+
+    from scorer.device import choose_runtime
+    from scorer.fit import Objective
+    from scorer.marks_choice import settle_tokenizer
+
+    rows = {name: np.flatnonzero(split == name) for name in ("train", "val")}
+    values = torch.tensor(labels.values, dtype=torch.float32)
+    labelled = dataclasses.replace(model, num_labels=len(labels.values))
+    judge = Objective(labelled, values, train.expected_loss_weight, train.label_smoothing)
+    return settle_tokenizer(tok, texts, rows, labels, choose_runtime("cpu", "fp32"), judge)[1]
+
+
 def recorded_run(
-    directory: Path, seed: int, model, tok, train, data: Path, rows: dict[str, int]
+    directory: Path,
+    seed: int,
+    model,
+    tok,
+    train,
+    data: Path,
+    rows: dict[str, int],
+    marks_kept: str | None = None,
 ) -> dict:
     """A seed's run from a model directory trained earlier, as ``dataset_quality`` records a
     fresh one. Refused unless it was trained on ``data`` with ``rows`` as its split and its
     config is the recipe ``model, tok, train`` resolve to (the candidate its search kept),
-    apart from what training fits to the data and the device."""
+    apart from what training fits to the data and the device; where the recipe chooses the
+    marks, with ``marks_kept``, the ones its choice keeps."""
     from scorer.config import ModelCard
     from scorer.presets import apply_batch_preset, search_candidates
     from scorer.session import file_sha256
@@ -171,9 +205,19 @@ def recorded_run(
     # What the presets left to the device and the data, as training settled it for this run.
     device = str(metrics.get("device", "cpu")).split(":")[0]
     kept = apply_batch_preset(kept, device, rows["train"])
+    fitted = {"max_len", "tail", "fit_length"} if tok.fit_length else set()
+    if tok.marks_choice:
+        # The recipe chooses the marks on validation: the run must hold the ones the choice
+        # keeps on this data (``marks_kept``), whether it chose them or was given them.
+        if card.tokenizer.marks != marks_kept:
+            raise ValueError(
+                f"{refuse} trained with marks {card.tokenizer.marks!r}; the recipe's choice "
+                f"keeps {marks_kept!r} on this data"
+            )
+        fitted |= {"marks", "marks_choice"}
     skip = {
         "model": {"vocab_size", "num_labels", "linear_buckets"},
-        "tokenizer": {"max_len", "tail", "fit_length"} if tok.fit_length else set(),
+        "tokenizer": fitted,
         "train": _RUNTIME | ({"epochs"} if "epochs" in kept.from_preset else set()),
     }
     if tok.fit_length and card.tokenizer.max_len > tok.max_len:
@@ -198,6 +242,7 @@ def recorded_run(
         "train_seconds": metrics["seconds"],
         "search": metrics["search"],
         "kept": card.train.search_variant or "default",
+        "marks": card.tokenizer.marks,
         # As a fresh run records it: the recipe resolved, the candidate kept.
         "config": {
             "model": dataclasses.asdict(model),

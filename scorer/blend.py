@@ -213,6 +213,54 @@ def _logits(model: ReviewLSTM, data: Dataset, batch_size: int = 1024) -> torch.T
     return out
 
 
+@dataclass(frozen=True)
+class LinearFit:
+    """``linear_fits``' result: per C of the grid, the validation loss, the weights and the
+    validation logits; the features' idf and word mask; and where the seconds went."""
+
+    fits: list[tuple[float, float, torch.Tensor, torch.Tensor, torch.Tensor]]
+    idf: np.ndarray
+    word: np.ndarray
+    features_seconds: float
+    fit_seconds: float
+
+    def best(self) -> tuple[float, float, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(validation loss, C, weight, bias, validation logits) of the best C."""
+        return min(self.fits, key=lambda f: f[0])
+
+
+def linear_fits(
+    sets: dict[str, Dataset],
+    tokens: Sequence[str],
+    judge: Objective,
+    grid: Sequence[float] = C_GRID,
+    buckets: int = BUCKETS,
+) -> LinearFit:
+    """The linear model fitted on ``sets["train"]`` for each C of ``grid`` (warm-started in
+    order), each judged on ``sets["val"]`` by ``judge``."""
+    began = time.perf_counter()
+    word = word_mask(tokens)
+    pos = {
+        name: positions(sets[name].ids.cpu().numpy(), sets[name].host_lengths, word, buckets)
+        for name in ("train", "val")
+    }
+    idf = fit_idf(pos["train"], len(tokens), buckets)
+    x = {name: design(pos[name], idf, compact=True) for name in pos}
+    train, xt = products(x["train"])
+    train_target = torch.from_numpy(sets["train"].label_index.astype(np.int64))
+    val_target = sets["val"].target.cpu()
+    host_judge = replace(judge, values=judge.values.cpu())
+    classes = len(judge.values)
+    fits, start = [], None
+    features = time.perf_counter() - began
+    for c in grid:
+        weight, bias = fit_logistic(train, xt, train_target, classes, c, start)
+        start = (weight, bias)
+        linear = torch.sparse.mm(x["val"], weight) + bias
+        fits.append((float(host_judge(linear, val_target)), c, weight, bias, linear))
+    return LinearFit(fits, idf, word, features, time.perf_counter() - began - features)
+
+
 def blend_into(
     model: ReviewLSTM,
     sets: dict[str, Dataset],
@@ -224,28 +272,11 @@ def blend_into(
     validation rows by ``judge`` (the objective the search compares by), and fold it into
     ``model`` in place. Returns what metrics.json records of it."""
     began = time.perf_counter()
-    word = word_mask(tokens)
-    vocab = len(tokens)
-    pos = {
-        name: positions(sets[name].ids.cpu().numpy(), sets[name].host_lengths, word, buckets)
-        for name in ("train", "val")
-    }
-    idf = fit_idf(pos["train"], vocab, buckets)
-    x = {name: design(pos[name], idf, compact=True) for name in pos}
-    train, xt = products(x["train"])
-    train_target = torch.from_numpy(sets["train"].label_index.astype(np.int64))
+    fitted = linear_fits(sets, tokens, judge, C_GRID, buckets)
+    linear_loss, c, weight, bias, linear = fitted.best()
     val_target = sets["val"].target.cpu()
     host_judge = replace(judge, values=judge.values.cpu())
-    classes = model.config.outputs
-    fitted, start = [], None
-    features = time.perf_counter() - began
-    for c in C_GRID:
-        weight, bias = fit_logistic(train, xt, train_target, classes, c, start)
-        start = (weight, bias)
-        linear = torch.sparse.mm(x["val"], weight) + bias
-        fitted.append((float(host_judge(linear, val_target)), c, weight, bias, linear))
-    fit = time.perf_counter() - began - features
-    linear_loss, c, weight, bias, linear = min(fitted, key=lambda f: f[0])
+    vocab = len(tokens)
     deep = _logits(model, sets["val"])
     a, b = fit_weights(deep, linear, lambda z: host_judge(z, val_target))
     with torch.no_grad():
@@ -256,7 +287,9 @@ def blend_into(
             model.wide.bigram.weight.mul_(a)
     device = model.head.weight.device
     model.config = replace(model.config, linear_buckets=buckets)
-    model.linear = linear_path(vocab, buckets, idf, word, expand(weight, idf), b).to(device)
+    model.linear = linear_path(
+        vocab, buckets, fitted.idf, fitted.word, expand(weight, fitted.idf), b
+    ).to(device)
     return {
         "c": c,
         "a": a,
@@ -266,11 +299,11 @@ def blend_into(
             "linear": linear_loss,
             "blend": float(host_judge(a * deep + b * linear, val_target)),
         },
-        "c_grid": {str(f[1]): f[0] for f in fitted},
+        "c_grid": {str(f[1]): f[0] for f in fitted.fits},
         # Where the blend's time goes (not part of any result: timings vary by host and load).
         "seconds": {
-            "features": features,
-            "fit": fit,
+            "features": fitted.features_seconds,
+            "fit": fitted.fit_seconds,
             "total": time.perf_counter() - began,
         },
     }

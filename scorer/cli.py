@@ -125,7 +125,8 @@ def train_command(
         str | None,
         typer.Option(
             help="Punctuation to keep, each character a token of its own (e.g. '!?'); "
-            "'' cleans all punctuation away, as the reference recipe does."
+            "'' cleans all punctuation away, as the reference recipe does. Default: none or "
+            "'!?', whichever a linear model prefers on validation (config key marks_choice)."
         ),
     ] = None,
     epochs: Annotated[int | None, typer.Option()] = None,

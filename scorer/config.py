@@ -47,9 +47,13 @@ class TokenizerConfig:
     # Punctuation kept, each character a token of its own ("!?": "great!" reads as "great",
     # "!"); all other punctuation is cleaned away, as the reference recipe does.
     marks: str = ""
+    # Marks tried against ``marks`` on validation before training (scorer.marks_choice), the
+    # better kept; the model's config.json holds the marks kept and "" here. "": no choice.
+    marks_choice: str = ""
 
     def __post_init__(self) -> None:
         check_marks(self.marks)
+        check_marks(self.marks_choice)
         if not 0 <= self.tail <= self.max_len:
             raise UserError(f"tail must be in [0, max_len={self.max_len}], got {self.tail}")
 

@@ -35,6 +35,9 @@ DEFAULT: dict[str, Any] = {
     "fit_length": True,
     "min_count": 2,
     "keep_whitespace": True,
+    # "!" and "?" kept as words where the linear model prefers them on validation
+    # (scorer.marks_choice): longer reviews gain, short ones lose (README, "Model quality").
+    "marks_choice": "!?",
     # Wide and deep: a linear bag of unigrams and hashed bigrams beside the LSTM.
     "wide_buckets": 32_768,
     "wide_lr_scale": 3.0,
@@ -131,6 +134,10 @@ def resolve(
         else {k: v for k, v in DEFAULT.items() if k != "variant"}
     )
     merged = {**base, **VARIANT_SHAPE[variant], **from_file, **given, "variant": variant}
+    # Marks the user set are used as set, not weighed against the preset's choice.
+    asked = {**from_file, **given}
+    if "marks" in asked and "marks_choice" not in asked:
+        merged["marks_choice"] = ""
     # The reference recipe's batch and rate are part of the recipe: never replaced.
     from_preset = tuple(
         k for k in (*BATCH_KEYS, "epochs") if not (reference or k in given or k in from_file)

@@ -17,23 +17,13 @@ from scorer.data import read_labels, read_split_file, read_table, read_texts, st
 from scorer.device import choose_runtime
 from scorer.errors import UserError
 from scorer.fit import Objective, fit, predict
+from scorer.marks_choice import settle_tokenizer
 from scorer.metrics import Metrics, rating_metrics
 from scorer.model import ReviewLSTM, load_vectors
 from scorer.model_dir import ModelDir, prepare_output
-from scorer.presets import (
-    apply_batch_preset,
-    apply_min_samples,
-    fit_lengths,
-    fits_budget,
-    search_candidates,
-)
+from scorer.presets import apply_batch_preset, apply_min_samples, fits_budget, search_candidates
 from scorer.text import row_hashes
-from scorer.train_data import (
-    padding_stats,
-    to_dataset,
-    training_fingerprint,
-)
-from scorer.vocab import Vocab
+from scorer.train_data import padding_stats, training_fingerprint
 
 
 @dataclass(frozen=True)
@@ -112,26 +102,18 @@ def train_model(job: TrainJob) -> TrainResult:
         flush=True,
     )
 
-    tok = fit_lengths(job.tokenizer, texts.gather(rows["train"]))
-    vocab = Vocab.build(
-        texts.gather(rows["train"]),
-        min_count=tok.min_count,
-        keep_whitespace=tok.keep_whitespace,
-        marks=tok.marks,
-    )
-    model_cfg = replace(job.model, vocab_size=len(vocab), num_labels=len(labels.values))
-    sets = {
-        name: to_dataset(vocab, texts.gather(r), labels.index[r], labels.values, tok, runtime)
-        for name, r in rows.items()
-        if len(r)
-    }
     # Every candidate is judged by the loss early stopping uses, with the user's settings
     # (cross-entropy, label-smoothed if asked, plus expected_loss_weight times the expected
     # rating's squared error; regression: squared error): the search then picks on what the
     # user asked the model to be good at, as the epochs were picked, and a candidate's own
     # training tweaks never change the yardstick. (Each candidate's per-epoch history uses
     # its own objective: the same one unless a variant changes the objective's settings.)
-    judge = _objective(model_cfg, cfg, labels.values, runtime)
+    # The marks' choice is judged by it too; it needs the labels, not the vocabulary.
+    labelled = replace(job.model, num_labels=len(labels.values))
+    judge = _objective(labelled, cfg, labels.values, runtime)
+    prepared, marks = settle_tokenizer(job.tokenizer, texts, rows, labels, runtime, judge)
+    tok, vocab, sets = prepared.tokenizer, prepared.vocab, prepared.sets
+    model_cfg = replace(labelled, vocab_size=len(vocab))
     trials = []
     for candidate in search_candidates(cfg):
         elapsed = time.perf_counter() - start
@@ -197,6 +179,7 @@ def train_model(job: TrainJob) -> TrainResult:
             "rows": {name: len(r) for name, r in rows.items()},
             "search": [{k: t[k] for k in (*TRIAL_KEYS, "best_epoch", "seconds")} for t in trials],
             "blend": blended,
+            "marks": marks,
         },
         overwrite=job.overwrite,
         training=training_fingerprint(job.data, job.split_file, rows),

@@ -4,6 +4,7 @@ linear fit's layouts."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import polars as pl
@@ -70,7 +71,9 @@ def test_model_benchmark_measures_every_graph_of_a_wide_model(tmp_path) -> None:
     assert all(rate > 0 for rate in rates.values())
 
 
-def test_quality_on_any_labelled_file_reports_model_and_baseline_and_the_search(tmp_path) -> None:
+def test_quality_on_any_labelled_file_reports_model_and_baseline_and_the_search(
+    tmp_path, monkeypatch
+) -> None:
     from benchmarks.quality_data import dataset_quality, markdown
     from tests.helpers import make_reviews
 
@@ -96,6 +99,7 @@ def test_quality_on_any_labelled_file_reports_model_and_baseline_and_the_search(
         best = min(run["search"], key=lambda t: t["val_loss"])["variant"] or "default"
         assert run["kept"] == best
         assert run["config"]["train"]["search_variant"] == run["kept"].replace("default", "")
+        assert run["marks"] in ("", "!?")  # the default chooses them on validation
     accuracy = [r["test"]["accuracy"] for r in runs]
     assert result["model"]["mean"]["accuracy"]["mean"] == pytest.approx(sum(accuracy) / 2)
     table = markdown([result])
@@ -116,13 +120,28 @@ def test_quality_on_any_labelled_file_reports_model_and_baseline_and_the_search(
         "mine", data, ("body",), "stars", None, [0, 1], tmp_path, small, from_runs=template
     )
     assert [r["test"] for r in again["model"]["runs"]] == [r["test"] for r in runs]
+    assert again["marks_choice"]["kept"] == runs[0]["marks"] == runs[1]["marks"]
     assert again["model"]["runs"][1]["from_run"] == str(tmp_path / "mine-seed1")
     # ...and only when each was trained with the recipe asked for.
-    for other in ({**small, "hidden_dim": 16}, {**small, "expected_loss_weight": 0.0}):
+    for other in (
+        {**small, "hidden_dim": 16},
+        {**small, "expected_loss_weight": 0.0},
+        {**small, "marks": "?"},
+    ):
         with pytest.raises(ValueError, match="differs from the recipe"):
             dataset_quality(
                 "mine", data, ("body",), "stars", None, [0], tmp_path, other, from_runs=template
             )
+    # The marks must be the ones the recipe's choice keeps on this data, made afresh.
+    from benchmarks import quality_data
+
+    other_marks = {"": "!?", "!?": ""}[runs[0]["marks"]]
+    monkeypatch.setattr(quality_data, "marks_choice", lambda *args: {"kept": other_marks})
+    with pytest.raises(ValueError, match=re.escape(f"the recipe's choice keeps {other_marks!r}")):
+        dataset_quality(
+            "mine", data, ("body",), "stars", None, [0], tmp_path, small, from_runs=template
+        )
+    monkeypatch.undo()
     # A model that no longer scores what its metrics.json recorded is refused, not compared.
     from benchmarks.significance import dataset_significance
 
