@@ -160,17 +160,15 @@ def marks_choice(model, tok, train, texts: pl.Series, labels, split: np.ndarray)
     metrics.json records it; None where the recipe makes none. No seed enters it."""
     if not tok.marks_choice or model.regression:
         return None
-    import torch
-
     from scorer.device import choose_runtime
     from scorer.fit import Objective
     from scorer.marks_choice import settle_tokenizer
 
     rows = {name: np.flatnonzero(split == name) for name in ("train", "val")}
-    values = torch.tensor(labels.values, dtype=torch.float32)
+    runtime = choose_runtime("cpu", "fp32")
     labelled = dataclasses.replace(model, num_labels=len(labels.values))
-    judge = Objective(labelled, values, train.expected_loss_weight, train.label_smoothing)
-    return settle_tokenizer(tok, texts, rows, labels, choose_runtime("cpu", "fp32"), judge)[1]
+    judge = Objective.of(labelled, train, labels.values, runtime.device)
+    return settle_tokenizer(tok, texts, rows, labels, runtime, judge)[1]
 
 
 def recorded_run(

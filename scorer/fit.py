@@ -43,6 +43,14 @@ class Objective:
     expected_weight: float = 0.0
     label_smoothing: float = 0.0
 
+    @classmethod
+    def of(
+        cls, model: ModelConfig, train: TrainConfig, values: Sequence[float], device: torch.device
+    ) -> Objective:
+        """The objective ``train`` asks for, over the rating ``values`` (on ``device``)."""
+        tensor = torch.tensor(values, dtype=torch.float32, device=device)
+        return cls(model, tensor, train.expected_loss_weight, train.label_smoothing)
+
     def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         output = output.float()
         if self.config.regression:

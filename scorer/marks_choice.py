@@ -55,12 +55,23 @@ def tokenized(
     vocab = Vocab.build(
         train_texts, min_count=tok.min_count, keep_whitespace=tok.keep_whitespace, marks=tok.marks
     )
-    sets = {
+    return Tokenized(tok, vocab, _encoded(vocab, tok, texts, rows, labels, runtime))
+
+
+def _encoded(
+    vocab: Vocab,
+    tok: TokenizerConfig,
+    texts: pl.Series,
+    rows: Mapping[str, np.ndarray],
+    labels: Labels,
+    runtime: Runtime,
+) -> dict[str, Dataset]:
+    """Each split of ``rows`` that has rows, encoded."""
+    return {
         name: to_dataset(vocab, texts.gather(r), labels.index[r], labels.values, tok, runtime)
         for name, r in rows.items()
         if len(r)
     }
-    return Tokenized(tok, vocab, sets)
 
 
 def settle_tokenizer(
@@ -90,13 +101,8 @@ def settle_tokenizer(
         loss = linear_fits(encoded.sets, encoded.vocab.tokens, judge, grid=(MARKS_C,)).best()[0]
         trials.append((loss, marks, encoded))
     loss, marks, kept = min(trials, key=lambda t: t[0])
-    sets = dict(kept.sets)
-    if len(rows.get("test", ())):
-        test = rows["test"]
-        sets["test"] = to_dataset(
-            kept.vocab, texts.gather(test), labels.index[test], labels.values, kept.tokenizer,
-            runtime,
-        )  # fmt: skip
+    rest = {name: r for name, r in rows.items() if name not in fit_rows}
+    sets = {**kept.sets, **_encoded(kept.vocab, kept.tokenizer, texts, rest, labels, runtime)}
     record = {
         "tried": {m: trial_loss for trial_loss, m, _ in trials},
         "kept": marks,

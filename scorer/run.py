@@ -10,7 +10,6 @@ last; a manifest is written beside it.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from scorer import __version__
 from scorer.cpus import available_cpus
 from scorer.errors import UserError
 from scorer.io import atomic_write_text, lock_output
+from scorer.malloc import limit_arenas
 from scorer.model_dir import resolve_model_dir
 from scorer.output import OutputSpec, assemble, part_name, trusted_parts, write_part
 from scorer.pipeline import Pipeline, Stage
@@ -111,16 +111,6 @@ def output_beside(spec: str, first: Path) -> Path:
     return first.with_name(first.stem + ".scores.parquet")
 
 
-def limit_malloc_arenas(arenas: int = 2) -> None:
-    """glibc gives each thread its own malloc arena and rarely returns their memory, so a
-    long multi-threaded run's RSS creeps up; two arenas keep it flat. No-op elsewhere."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-8, arenas)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
-
-
 def note(message: str) -> None:
     print(f"scorer: {message}", file=sys.stderr, flush=True)
 
@@ -179,7 +169,7 @@ def run_scoring(job: RunJob, model: LoadedModel | None = None) -> RunSummary:
     with a no-op scorer).
     """
     began = time.perf_counter()
-    limit_malloc_arenas()
+    limit_arenas()
     plan = plan_run(job, model)
     with lock_output(partial_dir(plan.out), label=plan.out, directory=True):
         if job.resume and plan.out.exists() and not _has_parts_or_state(plan.out):

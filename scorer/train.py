@@ -17,6 +17,7 @@ from scorer.data import read_labels, read_split_file, read_table, read_texts, st
 from scorer.device import choose_runtime
 from scorer.errors import UserError
 from scorer.fit import Objective, fit, predict
+from scorer.malloc import keep_freed_memory
 from scorer.marks_choice import settle_tokenizer
 from scorer.metrics import Metrics, rating_metrics
 from scorer.model import ReviewLSTM, load_vectors
@@ -77,6 +78,10 @@ def train_model(job: TrainJob) -> TrainResult:
     threads = job.train.threads or available_cpus()
     torch.set_num_threads(threads)
     runtime = choose_runtime(job.train.device, job.train.precision)
+    if not runtime.cuda:
+        # Each step's large buffers then come from the heap rather than fresh mmaps whose
+        # pages the kernel zeroes every step (scorer.malloc).
+        keep_freed_memory()
     cfg = job.train
     seed_everything(cfg.seed)
 
@@ -110,7 +115,7 @@ def train_model(job: TrainJob) -> TrainResult:
     # its own objective: the same one unless a variant changes the objective's settings.)
     # The marks' choice is judged by it too; it needs the labels, not the vocabulary.
     labelled = replace(job.model, num_labels=len(labels.values))
-    judge = _objective(labelled, cfg, labels.values, runtime)
+    judge = Objective.of(labelled, cfg, labels.values, runtime.device)
     prepared, marks = settle_tokenizer(job.tokenizer, texts, rows, labels, runtime, judge)
     tok, vocab, sets = prepared.tokenizer, prepared.vocab, prepared.sets
     model_cfg = replace(labelled, vocab_size=len(vocab))
@@ -199,15 +204,6 @@ def kept_trial(trials: list[dict]) -> dict:
     return min(trials, key=lambda t: t["val_loss"])
 
 
-def _objective(model_cfg: ModelConfig, cfg: TrainConfig, values, runtime) -> Objective:
-    return Objective(
-        model_cfg,
-        torch.tensor(values, dtype=torch.float32, device=runtime.device),
-        cfg.expected_loss_weight,
-        cfg.label_smoothing,
-    )
-
-
 def _train_candidate(job, cfg, model_cfg, vocab, sets, labels, rows, runtime, judge) -> dict:
     """One model trained with ``cfg``: its best weights, and how it does on the validation
     rows, ``val_loss`` under ``judge`` (the objective all candidates are compared by)."""
@@ -222,7 +218,7 @@ def _train_candidate(job, cfg, model_cfg, vocab, sets, labels, rows, runtime, ju
         with torch.no_grad():
             model.head.bias.fill_(mean_rating)
     model.to(runtime.device)
-    objective = _objective(model_cfg, cfg, labels.values, runtime)
+    objective = Objective.of(model_cfg, cfg, labels.values, runtime.device)
     history, best_state, best_epoch = fit(model, sets, labels.values, cfg, runtime, objective)
     model.load_state_dict(best_state)
     prediction = predict(model, sets["val"], labels.values, runtime, judge)
