@@ -168,9 +168,16 @@ def _scorer_cmd(model, source, out, *extra) -> list[str]:
 
 
 def _wait_for_parts(out, process, count: int) -> None:
+    """Until ``count`` parts are written, the first among them: parts can finish out of order,
+    and a resume trusts only the run of parts from row 0."""
     deadline = time.time() + 60
+    parts = partial_dir(out)
     while time.time() < deadline and process.poll() is None:
-        if partial_dir(out).is_dir() and len(list(partial_dir(out).glob("part-*"))) >= count:
+        if (
+            parts.is_dir()
+            and any(parts.glob("part-000000000000-*"))
+            and len(list(parts.glob("part-*"))) >= count
+        ):
             return
         time.sleep(0.01)
     raise AssertionError("the run finished or stalled before it could be interrupted")
