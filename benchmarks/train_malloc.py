@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 from benchmarks.common import DEFAULT_REVIEWS, DEFAULT_SPLIT, REPO, machine, median, save
@@ -34,14 +35,18 @@ def train_once(side: str, epochs: int, threads: int) -> dict[str, float]:
         str(DEFAULT_SPLIT), "--out", str(out), "--overwrite", "--epochs", str(epochs),
         "--threads", str(threads), "--budget", "0", "--no-blend", "--marks", "!?",
     ]  # fmt: skip
-    began = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    # wait4 rather than wait(): the child's own rusage, not all children's summed.
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - began
-    err = process.stderr.read().decode(errors="replace") if process.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{side}: scorer train failed: {err[-2000:]}")
+    # stderr to a file, not a pipe: nothing reads a pipe while the child runs, and its
+    # progress lines would fill one and stall it.
+    with tempfile.TemporaryFile() as log:
+        began = time.perf_counter()
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        # wait4 rather than wait(): the child's own rusage, not all children's summed.
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - began
+        if os.waitstatus_to_exitcode(status) != 0:
+            log.seek(0)
+            err = log.read().decode(errors="replace")
+            raise RuntimeError(f"{side}: scorer train failed: {err[-2000:]}")
     history = json.loads((out / "metrics.json").read_text())["history"]
     return {
         "seconds": seconds,
