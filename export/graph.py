@@ -307,4 +307,4 @@ class ReferenceOutputs(nn.Module):
 
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor):
-        return self.outputs(self.model(input_ids.long(), lengths))
+        return self.outputs(self.model(input_ids.long(), lengths, pack=True))

@@ -59,11 +59,14 @@ class ReviewLSTM(nn.Module):
         cpu_lengths: torch.Tensor | None = None,
         *,
         lstm_fp32: bool = False,
+        pack: bool = False,
     ) -> torch.Tensor:
         """``cpu_lengths``: the same lengths as a CPU tensor, for ``pack_padded_sequence``.
         Training passes them from its host-side copy: ``lengths.cpu()`` would make the host
         wait for the GPU on every batch. ``lstm_fp32``: run the LSTM in fp32 outside the
-        autocast region (see ``scorer.device``: bf16 precision)."""
+        autocast region (see ``scorer.device``: bf16 precision). ``pack``: run a packed
+        model's LSTM through ``pack_padded_sequence`` even in one direction (the definition
+        the export is validated against; ``_recur`` computes the same faster)."""
         steps = ids.shape[1]
         # An empty review still runs one step (over PAD, whose embedding is zero).
         lengths = lengths.clamp(1, steps)
@@ -71,9 +74,9 @@ class ReviewLSTM(nn.Module):
         x = self.embed_dropout(self.embedding(ids))
         if lstm_fp32 and torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, enabled=False):
-                out, h = self._recur(x.float(), lengths, host, steps)
+                out, h = self._recur(x.float(), lengths, host, steps, pack)
         else:
-            out, h = self._recur(x, lengths, host, steps)
+            out, h = self._recur(x, lengths, host, steps, pack)
         features = self._final_state(h)
         if self.config.pooling == "last+max":
             assert out is not None
@@ -88,12 +91,21 @@ class ReviewLSTM(nn.Module):
         return logits.squeeze(-1) if self.config.regression else logits
 
     def _recur(
-        self, x: torch.Tensor, lengths: torch.Tensor, host: torch.Tensor | None, steps: int
+        self,
+        x: torch.Tensor,
+        lengths: torch.Tensor,
+        host: torch.Tensor | None,
+        steps: int,
+        pack: bool = False,
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(outputs [B, T, D] when pooling needs them, final hidden states [L*dirs, B, H])."""
+        """(outputs [B, T, D] when pooling needs them, final hidden states [L*dirs, B, H];
+        for one direction, only the last layer's)."""
         if not self.config.packed:
             out, (h, _) = self.lstm(x)
             return out, h
+        if not self.config.bidirectional and not pack:
+            # Batches come cut to their longest review (make_batch), so little is wasted.
+            return self._recur_forward_only(x, lengths)
         host = lengths.cpu() if host is None else host
         # Sorted here rather than by pack_padded_sequence(enforce_sorted=False): unpacking
         # such a sequence copies its order back to the host (a GPU sync per batch). Both
@@ -110,6 +122,18 @@ class ReviewLSTM(nn.Module):
             return None, h
         out, _ = pad_packed_sequence(out_packed, batch_first=True, total_length=steps)
         return out.index_select(0, restore), h
+
+    def _recur_forward_only(
+        self, x: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Packed semantics for a forward-only LSTM without packing: padding comes after a
+        review's real tokens, so the output at ``length - 1`` never saw it (as in
+        ``export.graph``). PyTorch's packed LSTM made a CPU epoch of the default model 2.5x
+        slower (``benchmarks/train_packing.py``)."""
+        out, _ = self.lstm(x)
+        index = (lengths - 1).view(-1, 1, 1)
+        last = out.gather(1, index.expand(-1, 1, out.shape[2])).squeeze(1)
+        return out, last.unsqueeze(0)
 
     def _final_state(self, h: torch.Tensor) -> torch.Tensor:
         if self.config.bidirectional:

@@ -251,3 +251,63 @@ def test_the_sweep_leaves_out_settings_that_repeat_the_default(options, base, sa
     from benchmarks.sweep import is_default
 
     assert is_default(options, base) is same
+
+
+@pytest.mark.parametrize(("child", "packs"), [(True, True), (False, False)])
+def test_train_packing_sides_differ_only_in_packing(monkeypatch, child, packs) -> None:
+    """The benchmark's "packed" child trains through pack_padded_sequence; scorer train's
+    own forward-only model does not (else the A/B would time one side twice)."""
+    import torch
+
+    import scorer.cli
+    import scorer.model
+    import scorer.train
+    from benchmarks import train_packing
+    from scorer.config import ModelConfig
+
+    calls = []
+    real_pack = scorer.model.pack_padded_sequence
+    monkeypatch.setattr(
+        scorer.model,
+        "pack_padded_sequence",
+        lambda *a, **k: calls.append(1) or real_pack(*a, **k),
+    )
+    monkeypatch.setattr(scorer.train, "ReviewLSTM", scorer.train.ReviewLSTM)  # restored after
+
+    def fake_app(argv, prog_name):
+        config = ModelConfig(
+            variant="packed",
+            vocab_size=20,
+            num_labels=5,
+            embedding_dim=4,
+            hidden_dim=4,
+            packed=True,
+        )
+        model = scorer.train.ReviewLSTM(config)
+        model(torch.randint(1, 20, (2, 5)), torch.tensor([5, 2]), torch.tensor([5, 2]))
+
+    monkeypatch.setattr(scorer.cli, "app", fake_app)
+    if child:
+        train_packing._child(["train"])
+    else:
+        fake_app(["train"], "scorer")
+    assert bool(calls) is packs
+
+
+def test_training_ab_alternates_sides_and_takes_medians(capsys) -> None:
+    from benchmarks.train_child import alternate
+
+    order = []
+    seconds = {"a": iter([10.0, 30.0, 20.0]), "b": iter([5.0, 1.0, 3.0])}
+
+    def train(side: str, epochs: int, threads: int) -> dict[str, float]:
+        order.append((side, epochs, threads))
+        keys = ("user_cpu_s", "system_cpu_s", "minor_faults", "peak_rss_mb", "val_loss")
+        return {"epoch_seconds": next(seconds[side]), **dict.fromkeys(keys, 1.0)}
+
+    result, medians = alternate(["a", "b"], train, ["--repeats", "3", "--threads", "1"], "t")
+    assert order == [("a", 1, 1), ("b", 1, 1)] * 3
+    assert medians["a"]["epoch_seconds"] == 20.0 and medians["b"]["epoch_seconds"] == 3.0
+    assert [r["epoch_seconds"] for r in result["runs"]["a"]] == [10.0, 30.0, 20.0]
+    assert result["threads"] == 1 and result["median"] is medians
+    assert capsys.readouterr().out.count("repeat ") == 6
