@@ -3,9 +3,9 @@
     python -m benchmarks.blend_fit [--data REVIEWS.csv --split-file SPLIT.csv] [--threads 1]
 
 Builds the training rows' features as `scorer train --blend` does (the default tokenizer
-fitted to the training reviews, the vocabulary, then ``scorer.blend``'s positions, idf and
+fitted to the training reviews, the vocabulary, then ``scorer.ngram_fit``'s positions, idf and
 design matrix), then fits the logistic regression for every C of ``C_GRID``, warm-started: with
-COO products, with CSR ones (``scorer.blend.products``), and with CSR ones over the features of
+COO products, with CSR ones (``scorer.ngram_fit.products``), and with CSR ones over the features of
 nonzero idf only (``design(..., compact=True)``, what `scorer train` fits), and reports each
 fit's seconds and the validation objective it reached; the layouts interleaved, ``--repeats``
 times, the median kept. Saves ``-blend-fit.json``.
@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from benchmarks.common import DEFAULT_REVIEWS, DEFAULT_SPLIT, machine, median, save
-from scorer.blend import (
+from scorer.blend import C_GRID
+from scorer.data import DEFAULT_TEXT_COLUMNS, read_labels, read_split_file, read_table, read_texts
+from scorer.ngram_fit import (
     BUCKETS,
-    C_GRID,
     design,
     fit_idf,
     fit_logistic,
@@ -31,7 +32,6 @@ from scorer.blend import (
     products,
     word_mask,
 )
-from scorer.data import DEFAULT_TEXT_COLUMNS, read_labels, read_split_file, read_table, read_texts
 from scorer.presets import fit_lengths, resolve
 from scorer.vocab import Vocab
 
@@ -74,7 +74,7 @@ def val_loss(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, bias) 
 
 
 def fit_all(layout: str, train, xt, x: dict, target: dict, classes: int) -> list[dict]:
-    """Every C of the grid, warm-started, as ``blend_into`` fits them: seconds and the
+    """Every C of the grid, warm-started, as ``choose_blend`` fits them: seconds and the
     validation cross-entropy each fit reached."""
     fits, start = [], None
     for c in C_GRID:

@@ -112,7 +112,7 @@ def dataset_quality(
         assert trained.test is not None
         # What the search on validation tried, and which candidate it kept.
         kept = trained.model_dir.card.train
-        search = json.loads((trained.model_dir.path / "metrics.json").read_text())["search"]
+        recorded = json.loads((trained.model_dir.path / "metrics.json").read_text())
         runs.append(
             {
                 "seed": seed,
@@ -120,7 +120,9 @@ def dataset_quality(
                 "val": trained.val.to_dict(),
                 "best_epoch": trained.best_epoch,
                 "train_seconds": trained.seconds,
-                "search": search,
+                "search": recorded["search"],
+                # The final model's training on training + validation rows (None: no refit).
+                "refit": recorded.get("refit"),
                 "kept": kept.search_variant or "default",
                 "marks": trained.model_dir.card.tokenizer.marks,
                 "config": {
@@ -239,6 +241,7 @@ def recorded_run(
         "best_epoch": metrics["best_epoch"],
         "train_seconds": metrics["seconds"],
         "search": metrics["search"],
+        "refit": metrics.get("refit"),
         "kept": card.train.search_variant or "default",
         "marks": card.tokenizer.marks,
         # As a fresh run records it: the recipe resolved, the candidate kept.

@@ -11,8 +11,8 @@ drop, paired by seed), each moving different options, are tried in pairs and all
 Only validation picks; the test metrics are recorded beside, never used to choose.
 
 Every run pins batch 128 and lr 3e-3 (the CPU default, so a sweep on a CUDA host, where one
-run takes half a minute, speaks for the CPU recipe), fp32, no search and no blend (the blend
-is fitted after training, the same for every setting). ``--base`` replaces default options
+run takes half a minute, speaks for the CPU recipe), fp32, no search, no blend and no refit (both
+run after training, the same for every setting). ``--base`` replaces default options
 for every run (how an earlier sweep's default is reproduced after the default moved).
 A line per finished run goes to ``<out>/sweep.jsonl``, then a summary to ``sweep.json``.
 """
@@ -147,6 +147,7 @@ class Sweep:
             sys.executable, "-m", "scorer", "train", str(self.args.data),
             "--split-file", str(self.args.split), "--out", str(model), "--overwrite",
             "--seed", str(seed), "--device", self.args.device, "--threads", "2", "--no-blend",
+            "--no-refit",
             *flags({**PINNED, **self.args.base, **options}),
         ]  # fmt: skip
         began = time.time()

@@ -1,8 +1,8 @@
 """One CPU training in a child process, timed: what the training benchmarks compare.
 
 The child is ``scorer train`` (or a module that wraps it) with the default model on the
-reference reviews, marks fixed (no choice), no search and no blend, so its time is the
-LSTM's epochs. Kernel (system) CPU seconds and minor page faults are the child's own
+reference reviews, marks fixed (no choice), no search, no blend and no refit, so its time
+is the LSTM's epochs. Kernel (system) CPU seconds and minor page faults are the child's own
 (``os.wait4``).
 """
 
@@ -35,7 +35,7 @@ def train_once(
     command = [
         sys.executable, *runner, "train", str(DEFAULT_REVIEWS), "--split-file",
         str(DEFAULT_SPLIT), "--out", str(out), "--overwrite", "--epochs", str(epochs),
-        "--threads", str(threads), "--budget", "0", "--no-blend", "--marks", "!?",
+        "--threads", str(threads), "--budget", "0", "--no-blend", "--no-refit", "--marks", "!?",
     ]  # fmt: skip
     # stderr to a file, not a pipe: nothing reads a pipe while the child runs, and its
     # progress lines would fill one and stall it.

@@ -174,6 +174,14 @@ def train_command(
             "blend it in, the weights chosen on validation (classification only; on by default).",
         ),
     ] = None,
+    refit: Annotated[
+        bool | None,
+        typer.Option(
+            "--refit/--no-refit",
+            help="Once everything is chosen on validation, train the kept model again on the "
+            "training and validation rows for the epochs early stopping chose (on by default).",
+        ),
+    ] = None,
     budget: Annotated[
         float | None,
         typer.Option(

@@ -132,6 +132,10 @@ class TrainConfig:
     # After the search: a linear model over idf-weighted n-grams fitted on its own and blended
     # in on validation (scorer.blend). Classification only.
     blend: bool = False
+    # After the search and the blend: the kept candidate trained again on the training and
+    # validation rows together, for the epochs early stopping chose (scorer.refit); the
+    # linear model refitted at its chosen C. Everything is still chosen on validation first.
+    refit: bool = False
     # At least this many training examples seen: small data gets more epochs
     # (presets.apply_min_samples).
     min_samples: int = 0

@@ -142,6 +142,85 @@ def _param_groups(model: ReviewLSTM, cfg: TrainConfig) -> list[dict]:
     return groups
 
 
+@dataclass(frozen=True)
+class Fitted:
+    """What ``fit`` returns: each epoch's record, the weights kept, the epoch they end at,
+    and how many epochs' weights were averaged into them (1: the best epoch's alone)."""
+
+    history: list[dict[str, float]]
+    state: dict[str, torch.Tensor]
+    best_epoch: int
+    averaged: int = 1
+
+
+@dataclass
+class _Steps:
+    """A run's optimizer state: AdamW over the trainable parameters, the one-cycle rate over
+    ``cfg.epochs`` epochs of ``rows`` rows, and the gradient scaler."""
+
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+    @classmethod
+    def of(cls, model: ReviewLSTM, cfg: TrainConfig, rows: int, runtime: Runtime) -> _Steps:
+        groups = _param_groups(model, cfg)
+        # The fused step never asks the host whether gradients were finite (the unfused one
+        # calls .item() per step under a GradScaler).
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=[g["lr"] for g in groups],
+            total_steps=math.ceil(rows / cfg.batch_size) * cfg.epochs,
+            pct_start=0.2,
+        )
+        params = [p for p in model.parameters() if p.requires_grad]
+        return cls(params, optimizer, scheduler, runtime.grad_scaler())
+
+
+def _train_epoch(
+    model: ReviewLSTM,
+    data: Dataset,
+    batches: list[np.ndarray],
+    cfg: TrainConfig,
+    runtime: Runtime,
+    objective: Objective,
+    steps: _Steps,
+    progress: Progress,
+) -> float:
+    """One pass over ``batches``; the mean training loss (the epoch's one host read)."""
+    model.train()
+    total = torch.zeros((), dtype=torch.float64, device=runtime.device)
+    fixed_len = not model.config.packed
+    for rows in batches:
+        batch = make_batch(data, rows, fixed_len, runtime.device)
+        if cfg.token_dropout:
+            batch = drop_tokens(batch, cfg.token_dropout)
+        loss = objective(_forward(model, batch, runtime), batch.target)
+        steps.optimizer.zero_grad(set_to_none=True)
+        steps.scaler.scale(loss).backward()
+        steps.scaler.unscale_(steps.optimizer)
+        nn.utils.clip_grad_norm_(steps.params, cfg.grad_clip)
+        steps.scaler.step(steps.optimizer)
+        steps.scaler.update()
+        steps.scheduler.step()
+        total += loss.detach().double() * len(rows)
+        progress.update(1)
+    return float(total) / len(data)
+
+
+def _snapshot(model: ReviewLSTM) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _mean(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {
+        k: torch.stack([state[k].float() for state in states]).mean(dim=0).to(v.dtype)
+        for k, v in states[-1].items()
+    }
+
+
 def fit(
     model: ReviewLSTM,
     sets: dict[str, Dataset],
@@ -149,51 +228,24 @@ def fit(
     cfg: TrainConfig,
     runtime: Runtime,
     objective: Objective,
-) -> tuple[list[dict[str, float]], dict[str, torch.Tensor], int]:
+) -> Fitted:
     """Epochs of bucketed batches with AdamW and a one-cycle rate; early stopping on the
     validation loss keeps the best weights. The host reads from the device once per epoch
     (the loss sum) plus once per validation pass."""
     train_set, val_set = sets["train"], sets["val"]
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = _param_groups(model, cfg)
-    # The fused step never asks the host whether gradients were finite (the unfused one
-    # calls .item() per step under a GradScaler).
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=[g["lr"] for g in groups],
-        total_steps=steps_per_epoch * cfg.epochs,
-        pct_start=0.2,
-    )
-    scaler = runtime.grad_scaler()
+    steps = _Steps.of(model, cfg, len(train_set), runtime)
     rng = np.random.default_rng(cfg.seed)
-    fixed_len = not model.config.packed
     history: list[dict[str, float]] = []
     best_loss, best_epoch, best_state, stale = math.inf, 0, None, 0
     recent: list[dict[str, torch.Tensor]] = []  # the last average_epochs epochs' weights
     window: list[dict[str, torch.Tensor]] = []  # those ending at the best epoch
     for epoch in range(1, cfg.epochs + 1):
-        model.train()
         began = time.perf_counter()
-        total = torch.zeros((), dtype=torch.float64, device=runtime.device)
         batches = bucket_batches(train_set.host_lengths, cfg.batch_size, rng)
         with Progress(len(batches), "batches", f"epoch {epoch}") as progress:
-            for rows in batches:
-                batch = make_batch(train_set, rows, fixed_len, runtime.device)
-                if cfg.token_dropout:
-                    batch = drop_tokens(batch, cfg.token_dropout)
-                loss = objective(_forward(model, batch, runtime), batch.target)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                total += loss.detach().double() * len(rows)
-                progress.update(1)
-            train_loss = float(total) / len(train_set)  # the epoch's one read
+            train_loss = _train_epoch(
+                model, train_set, batches, cfg, runtime, objective, steps, progress
+            )
             seconds = time.perf_counter() - began
             pred = predict(model, val_set, labels, runtime, objective)
             val = rating_metrics(val_set.label_index, pred.pred_index, pred.expected, labels)
@@ -214,7 +266,7 @@ def fit(
                 f"val RMSE(exp) {val.rmse_expected:.4f}  {seconds:.1f}s "
                 f"({record['batches_per_s']:.1f} batches/s)"
             )
-            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            state = _snapshot(model)
             recent = [*recent, state][-cfg.average_epochs :]
             if pred.loss < best_loss:
                 best_loss, best_epoch, stale = pred.loss, epoch, 0
@@ -227,20 +279,47 @@ def fit(
                     )
                     break
     assert best_state is not None
+    averaged = 1
     if len(window) > 1:
-        best_state = _averaged_if_better(
+        kept = _averaged_if_better(
             model, window, best_state, best_loss, val_set, labels, runtime, objective
         )
-    return history, best_state, best_epoch
+        averaged = len(window) if kept is not best_state else 1
+        best_state = kept
+    return Fitted(history, best_state, best_epoch, averaged)
+
+
+def fit_epochs(
+    model: ReviewLSTM,
+    data: Dataset,
+    cfg: TrainConfig,
+    runtime: Runtime,
+    objective: Objective,
+    epochs: int,
+    averaged: int = 1,
+) -> dict[str, torch.Tensor]:
+    """``fit``'s schedule (``cfg.epochs`` epochs of one-cycle rate over ``data``) stopped
+    after ``epochs`` with no validation rows to judge by: the mean weights of the last
+    ``averaged`` epochs. The refit runs it with what early stopping chose on validation."""
+    steps = _Steps.of(model, cfg, len(data), runtime)
+    rng = np.random.default_rng(cfg.seed)
+    recent: list[dict[str, torch.Tensor]] = []
+    for epoch in range(1, epochs + 1):
+        began = time.perf_counter()
+        batches = bucket_batches(data.host_lengths, cfg.batch_size, rng)
+        with Progress(len(batches), "batches", f"refit epoch {epoch}") as progress:
+            loss = _train_epoch(model, data, batches, cfg, runtime, objective, steps, progress)
+            seconds = time.perf_counter() - began
+            progress.write(f"refit epoch {epoch:2d}  loss {loss:.4f}  {seconds:.1f}s")
+        if epoch > epochs - averaged:
+            recent.append(_snapshot(model))
+    return _mean(recent) if len(recent) > 1 else recent[-1]
 
 
 def _averaged_if_better(model, window, best_state, best_loss, val_set, labels, runtime, objective):
     """The mean of the weights of the epochs up to the best one (checkpoint averaging: a
     flatter optimum), kept only if its validation loss is lower than the best epoch's."""
-    averaged = {
-        k: torch.stack([state[k].float() for state in window]).mean(dim=0).to(best_state[k].dtype)
-        for k in best_state
-    }
+    averaged = _mean(window)
     model.load_state_dict(averaged)
     loss = predict(model, val_set, labels, runtime, objective).loss
     print(

@@ -1,4 +1,5 @@
-"""`scorer train`: fit a rating model, pick the epoch on validation, score test once, save."""
+"""`scorer train`: fit a rating model, choose on validation, refit on training + validation
+rows, score test once, save."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scorer.blend import blend_into
+from scorer.blend import choose_blend, fold
 from scorer.config import ModelConfig, TokenizerConfig, TrainConfig
 from scorer.cpus import available_cpus
 from scorer.data import read_labels, read_split_file, read_table, read_texts, stratified_split
@@ -22,7 +23,14 @@ from scorer.marks_choice import settle_tokenizer
 from scorer.metrics import Metrics, rating_metrics
 from scorer.model import ReviewLSTM, load_vectors
 from scorer.model_dir import ModelDir, prepare_output
-from scorer.presets import apply_batch_preset, apply_min_samples, fits_budget, search_candidates
+from scorer.presets import (
+    apply_batch_preset,
+    apply_min_samples,
+    fits_budget,
+    refit_reserve,
+    search_candidates,
+)
+from scorer.refit import refit
 from scorer.text import row_hashes
 from scorer.train_data import padding_stats, training_fingerprint
 
@@ -34,11 +42,13 @@ class TrainResult:
     test: Metrics | None
     best_epoch: int
     seconds: float
+    refit_rows: int = 0  # training + validation rows the final model was refitted on; 0: none
 
     def line(self) -> str:
         test = f"test {self.test.line()}" if self.test else "no test rows"
+        refit = f", refit on {self.refit_rows:,} train + val rows" if self.refit_rows else ""
         return (
-            f"trained in {self.seconds:.0f}s, best epoch {self.best_epoch}; {test} "
+            f"trained in {self.seconds:.0f}s, best epoch {self.best_epoch}{refit}; {test} "
             f"-> {self.model_dir.path}"
         )
 
@@ -69,6 +79,13 @@ class TrainJob:
 
 
 def train_model(job: TrainJob) -> TrainResult:
+    """Train ``job``'s model and write its model directory.
+
+    Everything is chosen on the validation rows first: the marks, then the search's
+    candidates within the time budget (each early-stopped, its epoch and averaging chosen
+    there), then the blend. The refit then trains what was kept on training + validation
+    rows, with no choice left to make; the test rows are scored once, by the final model.
+    """
     start = time.perf_counter()
     prepare_output(job.out, overwrite=job.overwrite)
     if job.model.variant == "vectors" and job.vectors is None:
@@ -122,8 +139,11 @@ def train_model(job: TrainJob) -> TrainResult:
     trials = []
     for candidate in search_candidates(cfg):
         elapsed = time.perf_counter() - start
-        if trials and not fits_budget(cfg.budget, elapsed, trials[0]["seconds"]):
-            break
+        if trials:
+            first = trials[0]["seconds"]
+            reserved = refit_reserve(cfg, first, len(rows["train"]), len(rows["val"]))
+            if not fits_budget(cfg.budget, elapsed, first, reserved):
+                break
         began = time.perf_counter()
         trial = _train_candidate(
             job, candidate, model_cfg, vocab, sets, labels, rows, runtime, judge
@@ -140,10 +160,11 @@ def train_model(job: TrainJob) -> TrainResult:
             flush=True,
         )
     model, cfg, objective = chosen["model"], chosen["cfg"], chosen["objective"]
-    history, best_epoch, val = chosen["history"], chosen["best_epoch"], chosen["val"]
-    blended = None
+    fitted, val = chosen["fitted"], chosen["val"]
+    blend, blended, refitted = None, None, None
     if cfg.blend and not model_cfg.regression:
-        blended = blend_into(model, sets, vocab.tokens, judge)
+        blend, blended = choose_blend(model, sets, vocab.tokens, judge)
+        fold(model, blend)
         print(
             f"blend: linear model C {blended['c']:g}, a {blended['a']:.3f}, b {blended['b']:.3f}; "
             f"val loss {blended['val_loss']['model']:.4f} -> {blended['val_loss']['blend']:.4f}",
@@ -154,6 +175,13 @@ def train_model(job: TrainJob) -> TrainResult:
         val = rating_metrics(
             sets["val"].label_index, prediction.pred_index, prediction.expected, labels.values
         )
+    if cfg.refit:
+        # val (above) stays the model's before the refit: the refitted one has seen those rows.
+        def new_model() -> ReviewLSTM:
+            return _new_model(job, cfg, model_cfg, vocab, labels, rows, runtime)
+
+        classes = len(labels.values)
+        model, refitted = refit(new_model, sets, cfg, fitted, runtime, objective, blend, classes)
     test = None
     if "test" in sets:
         test_pred = predict(model, sets["test"], labels.values, runtime, objective)
@@ -161,6 +189,8 @@ def train_model(job: TrainJob) -> TrainResult:
             sets["test"].label_index, test_pred.pred_index, test_pred.expected, labels.values
         )
     seconds = time.perf_counter() - start
+    # The rows the final model learned from, for `scorer eval` to recognise.
+    seen = np.concatenate([rows["train"], rows["val"]]) if refitted else rows["train"]
     model_dir = ModelDir.write(
         job.out,
         model=model.cpu(),
@@ -172,8 +202,8 @@ def train_model(job: TrainJob) -> TrainResult:
         metrics={
             "val": val.to_dict(),
             "test": test.to_dict() if test else None,
-            "best_epoch": best_epoch,
-            "history": history,
+            "best_epoch": fitted.best_epoch,
+            "history": fitted.history,
             "seconds": seconds,
             "device": str(runtime.device),
             # What really ran, per op (see scorer.device).
@@ -184,13 +214,16 @@ def train_model(job: TrainJob) -> TrainResult:
             "rows": {name: len(r) for name, r in rows.items()},
             "search": [{k: t[k] for k in (*TRIAL_KEYS, "best_epoch", "seconds")} for t in trials],
             "blend": blended,
+            # The final model's training: "val" above is the model's before it.
+            "refit": refitted,
             "marks": marks,
         },
         overwrite=job.overwrite,
         training=training_fingerprint(job.data, job.split_file, rows),
-        fingerprint=row_hashes(texts.gather(rows["train"])),
+        fingerprint=row_hashes(texts.gather(seen)),
     )
-    return TrainResult(model_dir, val, test, best_epoch, seconds)
+    refit_rows = int(refitted["rows"]) if refitted else 0
+    return TrainResult(model_dir, val, test, fitted.best_epoch, seconds, refit_rows)
 
 
 # What metrics.json["search"] records of each candidate on the validation rows; ``val_loss``
@@ -207,6 +240,32 @@ def kept_trial(trials: list[dict]) -> dict:
 def _train_candidate(job, cfg, model_cfg, vocab, sets, labels, rows, runtime, judge) -> dict:
     """One model trained with ``cfg``: its best weights, and how it does on the validation
     rows, ``val_loss`` under ``judge`` (the objective all candidates are compared by)."""
+    model = _new_model(job, cfg, model_cfg, vocab, labels, rows, runtime)
+    objective = Objective.of(model_cfg, cfg, labels.values, runtime.device)
+    fitted = fit(model, sets, labels.values, cfg, runtime, objective)
+    model.load_state_dict(fitted.state)
+    prediction = predict(model, sets["val"], labels.values, runtime, judge)
+    val = rating_metrics(
+        sets["val"].label_index, prediction.pred_index, prediction.expected, labels.values
+    )
+    return {
+        "model": model,
+        "cfg": cfg,
+        "objective": objective,
+        "fitted": fitted,
+        "best_epoch": fitted.best_epoch,
+        "variant": cfg.search_variant,
+        "val": val,
+        "val_loss": prediction.loss,
+        "val_nll": prediction.nll,
+        "val_accuracy": val.accuracy,
+        "val_rmse_expected": val.rmse_expected,
+    }
+
+
+def _new_model(job, cfg, model_cfg, vocab, labels, rows, runtime) -> ReviewLSTM:
+    """A freshly initialised model on the device, seeded by ``cfg.seed``: each candidate and
+    the refit start from the same weights."""
     seed_everything(cfg.seed)
     model = ReviewLSTM(model_cfg)
     if job.vectors is not None:
@@ -217,24 +276,4 @@ def _train_candidate(job, cfg, model_cfg, vocab, sets, labels, rows, runtime, ju
         mean_rating = float(np.asarray(labels.values)[labels.index[rows["train"]]].mean())
         with torch.no_grad():
             model.head.bias.fill_(mean_rating)
-    model.to(runtime.device)
-    objective = Objective.of(model_cfg, cfg, labels.values, runtime.device)
-    history, best_state, best_epoch = fit(model, sets, labels.values, cfg, runtime, objective)
-    model.load_state_dict(best_state)
-    prediction = predict(model, sets["val"], labels.values, runtime, judge)
-    val = rating_metrics(
-        sets["val"].label_index, prediction.pred_index, prediction.expected, labels.values
-    )
-    return {
-        "model": model,
-        "cfg": cfg,
-        "objective": objective,
-        "history": history,
-        "best_epoch": best_epoch,
-        "variant": cfg.search_variant,
-        "val": val,
-        "val_loss": prediction.loss,
-        "val_nll": prediction.nll,
-        "val_accuracy": val.accuracy,
-        "val_rmse_expected": val.rmse_expected,
-    }
+    return model.to(runtime.device)

@@ -19,7 +19,7 @@ from scorer.batching import bucket_batches, padding_fraction, random_batches
 from scorer.config import TokenizerConfig
 from scorer.device import Runtime
 from scorer.text import Texts
-from scorer.vocab import Vocab
+from scorer.vocab import PAD_ID, Vocab
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,23 @@ def to_dataset(
         host_lengths=host_lengths,
         target=move(target),
         label_index=label_index,
+    )
+
+
+def join(first: Dataset, second: Dataset) -> Dataset:
+    """``first``'s rows, then ``second``'s, in one dataset (the refit trains on training and
+    validation rows together); the narrower ids are padded to the wider's width."""
+    width = max(first.ids.shape[1], second.ids.shape[1])
+
+    def widen(ids: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=PAD_ID)
+
+    return Dataset(
+        ids=torch.cat([widen(first.ids), widen(second.ids)]),
+        lengths=torch.cat([first.lengths, second.lengths]),
+        host_lengths=np.concatenate([first.host_lengths, second.host_lengths]),
+        target=torch.cat([first.target, second.target]),
+        label_index=np.concatenate([first.label_index, second.label_index]),
     )
 
 

@@ -103,3 +103,26 @@ def make_model_dir(path: Path, *, variant: str = "packed", seed: int = 0, **mode
         metrics={"history": history, "best_epoch": 1, "val": confusion, "test": confusion},
         overwrite=False,
     )
+
+
+def word_sets(train: int, val: int, *, max_len: int = 8, seed: int = 3):
+    """Short made-up reviews of a few words, rated 1-3 by their length, encoded on the CPU:
+    (vocabulary, {"train", "val"} datasets, rating values, runtime)."""
+    from scorer.config import TokenizerConfig
+    from scorer.device import choose_runtime
+    from scorer.train_data import to_dataset
+    from scorer.vocab import Vocab
+
+    rng = np.random.default_rng(seed)
+    words = ["good", "bad", "fine", "great", "awful", "ok", "love", "hate"]
+    texts = [" ".join(rng.choice(words, size=rng.integers(1, 7))) for _ in range(train + val)]
+    label_index = np.array([len(t) % 3 for t in texts])
+    values = (1.0, 2.0, 3.0)
+    vocab = Vocab.build(texts, min_count=1)
+    runtime = choose_runtime("cpu", "fp32")
+    tok = TokenizerConfig(max_len=max_len)
+    sets = {
+        name: to_dataset(vocab, texts[part], label_index[part], values, tok, runtime)
+        for name, part in (("train", slice(0, train)), ("val", slice(train, train + val)))
+    }
+    return vocab, sets, values, runtime

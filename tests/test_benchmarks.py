@@ -93,13 +93,16 @@ def test_quality_on_any_labelled_file_reports_model_and_baseline_and_the_search(
         # Every candidate fits this budget; the one kept has the lowest validation loss.
         assert [t["variant"] for t in run["search"]] == [
             "",
-            "token_dropout=0.2",
+            "token_dropout=0.1",
             "wide_lr_scale=10.0",
         ]
         best = min(run["search"], key=lambda t: t["val_loss"])["variant"] or "default"
         assert run["kept"] == best
         assert run["config"]["train"]["search_variant"] == run["kept"].replace("default", "")
         assert run["marks"] in ("", "!?")  # the default chooses them on validation
+        # The default refits on training + validation rows, to the kept epoch.
+        assert run["refit"]["rows"] == rows["train"] + rows["val"]
+        assert run["refit"]["epochs"] == run["best_epoch"]
     accuracy = [r["test"]["accuracy"] for r in runs]
     assert result["model"]["mean"]["accuracy"]["mean"] == pytest.approx(sum(accuracy) / 2)
     table = markdown([result])
@@ -120,6 +123,7 @@ def test_quality_on_any_labelled_file_reports_model_and_baseline_and_the_search(
         "mine", data, ("body",), "stars", None, [0, 1], tmp_path, small, from_runs=template
     )
     assert [r["test"] for r in again["model"]["runs"]] == [r["test"] for r in runs]
+    assert [r["refit"] for r in again["model"]["runs"]] == [r["refit"] for r in runs]
     assert again["marks_choice"]["kept"] == runs[0]["marks"] == runs[1]["marks"]
     assert again["model"]["runs"][1]["from_run"] == str(tmp_path / "mine-seed1")
     # ...and only when each was trained with the recipe asked for.
@@ -239,7 +243,7 @@ def test_the_sweep_ranks_only_settings_with_two_seeds_beside_the_default() -> No
 @pytest.mark.parametrize(
     ("options", "base", "same"),
     [
-        ({"token_dropout": 0.1}, {}, True),  # today's default
+        ({"token_dropout": 0.2}, {}, True),  # today's default
         ({"dropout": 0.3, "expected_loss_weight": 1.0}, {}, True),
         ({"dropout": 0.5}, {}, False),
         ({"dropout": 0.3}, {"dropout": 0.4}, False),  # an earlier default, reproduced

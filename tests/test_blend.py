@@ -9,16 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scorer.blend import (
-    design,
-    expand,
-    fit_idf,
-    fit_logistic,
-    fit_weights,
-    linear_path,
-    positions,
-    products,
-)
+from scorer.blend import fit_weights, linear_path
+from scorer.ngram_fit import design, expand, fit_idf, fit_logistic, positions, products
 
 VOCAB, BUCKETS, CLASSES = 12, 16, 3
 
@@ -128,27 +120,14 @@ def test_fit_weights_finds_the_blend_that_generated_the_labels() -> None:
     assert a == pytest.approx(0.6, abs=0.1) and b == pytest.approx(1.5, abs=0.1)
 
 
-def test_blend_into_folds_the_blend_into_the_model() -> None:
-    from scorer.blend import _logits, blend_into
-    from scorer.config import ModelConfig, TokenizerConfig
-    from scorer.device import choose_runtime
+def test_the_blend_chosen_on_validation_folds_into_the_model() -> None:
+    from scorer.blend import _logits, choose_blend, fold
+    from scorer.config import ModelConfig
     from scorer.fit import Objective
     from scorer.model import ReviewLSTM
-    from scorer.train_data import to_dataset
-    from scorer.vocab import Vocab
+    from tests.helpers import word_sets
 
-    rng = np.random.default_rng(3)
-    words = ["good", "bad", "fine", "great", "awful", "ok", "love", "hate"]
-    texts = [" ".join(rng.choice(words, size=rng.integers(1, 7))) for _ in range(120)]
-    label_index = np.array([len(t) % 3 for t in texts])
-    values = (1.0, 2.0, 3.0)
-    vocab = Vocab.build(texts, min_count=1)
-    runtime = choose_runtime("cpu", "fp32")
-    tok = TokenizerConfig(max_len=8)
-    sets = {
-        name: to_dataset(vocab, texts[part], label_index[part], values, tok, runtime)
-        for name, part in (("train", slice(0, 80)), ("val", slice(80, 120)))
-    }
+    vocab, sets, values, _ = word_sets(80, 40)
     torch.manual_seed(0)
     config = ModelConfig(
         variant="packed", vocab_size=len(vocab), num_labels=3, packed=True, wide_buckets=8
@@ -158,7 +137,9 @@ def test_blend_into_folds_the_blend_into_the_model() -> None:
         model.wide.unigram.weight.normal_()
     judge = Objective(config, torch.tensor(values), expected_weight=0.5)
     before = _logits(model, sets["val"])
-    record = blend_into(model, sets, vocab.tokens, judge, buckets=32)
+    blend, record = choose_blend(model, sets, vocab.tokens, judge, buckets=32)
+    assert (blend.a, blend.b, blend.c) == (record["a"], record["b"], record["c"])
+    fold(model, blend)
     after = _logits(model, sets["val"])
     assert model.config.linear_buckets == 32 and model.linear is not None
     linear = after - record["a"] * before
@@ -178,9 +159,9 @@ def test_training_with_blend_writes_a_model_that_loads_and_exports_exactly(
     import json
     from dataclasses import replace
 
-    from scorer.blend import BUCKETS
     from scorer.export.onnx_export import export_model
     from scorer.model_dir import ModelDir
+    from scorer.ngram_fit import BUCKETS
     from scorer.presets import resolve
     from scorer.train import TrainJob, train_model
     from tests.helpers import write_reviews
