@@ -129,7 +129,7 @@ def step_training(skip: str | None, epochs: int) -> dict:
     from scorer.train import TrainJob, train_model
 
     results: dict = {}
-    runs = {"auto": {}, "fp32": {"epochs": epochs, "budget": 0}}
+    runs = {"auto": {}, "fp32": {"epochs": epochs, "search_budget": 0}}
     for precision, overrides in runs.items():
         model, tok, train = resolve({"device": "cuda", "precision": precision, **overrides})
         result = train_model(

@@ -207,7 +207,8 @@ def on_test_rows(
         fitted = tfidf_logistic_regression(
             texts.to_list(), ratings, split, labels.values, keep_test_rows=True
         )
-        baseline_rows = fitted["test_rows"]
+        # The baseline refitted on training + validation rows, as the models are.
+        baseline_rows = fitted["refit"]["test_rows"]
     base = RowScores.of(
         truth, [baseline_rows["pred_index"]], [baseline_rows["expected"]], labels.values
     )

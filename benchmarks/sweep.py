@@ -57,7 +57,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "e10": {"epochs": 10},
     "wb0": {"wide_buckets": 0},
 }
-PINNED = {"batch_size": 128, "lr": 3e-3, "precision": "fp32", "budget": 0}
+PINNED = {"batch_size": 128, "lr": 3e-3, "precision": "fp32", "search_budget": 0}
 
 
 def is_default(options: dict[str, Any], base: dict[str, Any]) -> bool:

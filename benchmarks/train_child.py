@@ -35,7 +35,8 @@ def train_once(
     command = [
         sys.executable, *runner, "train", str(DEFAULT_REVIEWS), "--split-file",
         str(DEFAULT_SPLIT), "--out", str(out), "--overwrite", "--epochs", str(epochs),
-        "--threads", str(threads), "--budget", "0", "--no-blend", "--no-refit", "--marks", "!?",
+        "--threads", str(threads), "--search-budget", "0", "--no-blend", "--no-refit",
+        "--teacher-hidden-dim", "0", "--marks", "!?",
     ]  # fmt: skip
     # stderr to a file, not a pipe: nothing reads a pipe while the child runs, and its
     # progress lines would fill one and stall it.

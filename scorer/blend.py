@@ -3,9 +3,10 @@
 After the search, a multinomial logistic regression over the idf-weighted n-grams is fitted
 to convergence (full-batch L-BFGS, for each C of ``C_GRID``, warm-started), C chosen on the
 validation rows by the training objective; then the blend ``a * model + b * linear`` is
-fitted there too, and a and b are folded into the weights: the graph stays one model. The
-refit (``scorer.refit``) fits the linear model again at that C on more rows
-(``refit_linear``). The features and the fit itself: ``scorer.ngram_fit``.
+fitted there too, and a and b are folded into the weights: the graph stays one model. Where
+the linear model does not pay for its weight on validation, only the scale a is kept, and the
+graph has no linear path. The refit (``scorer.refit``) fits the linear model again at that C
+on more rows (``refit_linear``). The features and the fit itself: ``scorer.ngram_fit``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from scorer.fit import Objective
+from scorer.fit import Objective, logits
 from scorer.linear import IdfNgrams
 from scorer.model import ReviewLSTM
 from scorer.ngram_fit import (
@@ -30,7 +31,7 @@ from scorer.ngram_fit import (
     products,
     word_mask,
 )
-from scorer.train_data import Dataset, make_batch
+from scorer.train_data import Dataset
 
 C_GRID = (1.0, 4.0, 16.0)
 
@@ -68,20 +69,6 @@ def linear_path(
         path.bigram_idf.copy_(torch.from_numpy(idf[vocab:]))
         path.word.copy_(torch.from_numpy(word.astype(np.float32)))
     return path
-
-
-@torch.no_grad()
-def _logits(model: ReviewLSTM, data: Dataset, batch_size: int = 1024) -> torch.Tensor:
-    """The model's logits for every row, float64 on the host, in row order."""
-    model.eval()
-    device = next(model.parameters()).device
-    out = torch.zeros(len(data), model.config.outputs, dtype=torch.float64)
-    order = np.argsort(data.host_lengths, kind="stable")
-    for start in range(0, len(data), batch_size):
-        batch = make_batch(data, order[start : start + batch_size], not model.config.packed, device)
-        logits = model(batch.ids, batch.lengths, batch.cpu_lengths).double().cpu()
-        out[batch.index.cpu()] = logits
-    return out
 
 
 @dataclass(frozen=True)
@@ -135,7 +122,9 @@ def linear_fits(
 @dataclass(frozen=True)
 class Blend:
     """The blend chosen on validation: ``a * model + b * linear``, the linear model's C,
-    weights (full width: ``expand``), bias, features' idf and word mask."""
+    weights (full width: ``expand``), bias, features' idf and word mask. Without
+    ``linear`` the blend is ``a * model`` alone (a scale of the logits): the linear path did
+    not earn its place on validation (``choose_blend``), and the graph has none."""
 
     a: float
     b: float
@@ -145,18 +134,24 @@ class Blend:
     idf: np.ndarray
     word: np.ndarray
     buckets: int
+    linear: bool = True
 
 
 def fold(model: ReviewLSTM, blend: Blend) -> None:
-    """``blend`` folded into ``model`` in place: its head and wide path scaled by a, the
-    linear path added with b folded into its tables. The graph stays one model."""
+    """``blend`` folded into ``model`` in place: its head and wide path scaled by a, and
+    (with ``blend.linear``) the linear path added with b folded into its tables. The graph
+    stays one model."""
     a, b = blend.a, blend.b
     with torch.no_grad():
         model.head.weight.mul_(a)
-        model.head.bias.mul_(a).add_((b * blend.bias).to(model.head.bias))
+        model.head.bias.mul_(a)
+        if blend.linear:
+            model.head.bias.add_((b * blend.bias).to(model.head.bias))
         if model.wide is not None:
             model.wide.unigram.weight.mul_(a)
             model.wide.bigram.weight.mul_(a)
+    if not blend.linear:
+        return
     device = model.head.weight.device
     model.config = replace(model.config, linear_buckets=blend.buckets)
     vocab = len(blend.word)
@@ -174,23 +169,40 @@ def choose_blend(
 ) -> tuple[Blend, dict[str, object]]:
     """Fit the linear model on the training rows, choose C and then the blend (a, b) with
     ``model`` on the validation rows by ``judge`` (the objective the search compares by).
-    Returns the blend and what metrics.json records of it."""
+    The linear path is kept only if it pays for its weight there: its blend's validation
+    loss must beat the model's logits scaled alone (``a`` fitted without b) by more than
+    ``1 / validation rows``, Akaike's price of one more fitted weight per row, since b is
+    fitted on those very rows. Returns the blend and what metrics.json records of it."""
     began = time.perf_counter()
     fitted = linear_fits(sets, tokens, judge, C_GRID, buckets)
     linear_loss, c, weight, bias, linear = fitted.best()
     val_target = sets["val"].target.cpu()
     host_judge = replace(judge, values=judge.values.cpu())
-    deep = _logits(model, sets["val"])
-    a, b = fit_weights(deep, linear, lambda z: host_judge(z, val_target))
-    blend = Blend(a, b, c, expand(weight, fitted.idf), bias, fitted.idf, fitted.word, buckets)
+
+    def loss(z: torch.Tensor) -> torch.Tensor:
+        return host_judge(z, val_target)
+
+    deep = logits(model, sets["val"])
+    a, b = fit_weights(deep, linear, loss)
+    scale = fit_weights(deep, torch.zeros_like(linear), loss)[0]
+    blended, scaled = float(loss(a * deep + b * linear)), float(loss(scale * deep))
+    keep = blended + 1.0 / len(val_target) < scaled
+    if not keep:
+        a, b = scale, 0.0
+    blend = Blend(
+        a, b, c, expand(weight, fitted.idf), bias, fitted.idf, fitted.word, buckets, keep
+    )
     return blend, {
         "c": c,
         "a": a,
         "b": b,
+        "linear_kept": keep,
         "val_loss": {
-            "model": float(host_judge(deep, val_target)),
+            "model": float(loss(deep)),
             "linear": linear_loss,
-            "blend": float(host_judge(a * deep + b * linear, val_target)),
+            "scaled": scaled,
+            "with_linear": blended,
+            "blend": blended if keep else scaled,
         },
         "c_grid": {str(f[1]): f[0] for f in fitted.fits},
         # Where the blend's time goes (not part of any result: timings vary by host and load).
@@ -204,7 +216,10 @@ def choose_blend(
 
 def refit_linear(blend: Blend, data: Dataset, classes: int) -> Blend:
     """``blend``'s linear model fitted again on ``data`` at its C (warm-started from its
-    weights), the idf counted on ``data``; a and b stay those chosen on validation."""
+    weights), the idf counted on ``data``; a and b stay those chosen on validation. A blend
+    without its linear path is returned as it is."""
+    if not blend.linear:
+        return blend
     pos = positions(data.ids.cpu().numpy(), data.host_lengths, blend.word, blend.buckets)
     idf = fit_idf(pos, len(blend.word), blend.buckets)
     x, xt = products(design(pos, idf, compact=True))

@@ -182,12 +182,35 @@ def train_command(
             "training and validation rows for the epochs early stopping chose (on by default).",
         ),
     ] = None,
-    budget: Annotated[
+    search_budget: Annotated[
         float | None,
         typer.Option(
-            help="Seconds: within them, also try the preset's variants and keep the one with "
-            "the lowest validation loss under the training objective (0: the default only)."
+            help="The search's size in millions of training token passes (the teacher's and "
+            "the refit's count too): within it, also try the preset's variants and keep the "
+            "lowest validation loss under the training objective. Planned from the data, not "
+            "the clock (0: the default only)."
         ),
+    ] = None,
+    teacher_hidden_dim: Annotated[
+        int | None,
+        typer.Option(
+            help="Distillation: train a model of this hidden size first and learn from its "
+            "probabilities too (0: no teacher)."
+        ),
+    ] = None,
+    teacher: Annotated[
+        Path | None,
+        typer.Option(
+            help="Distillation: learn from this exported model directory's probabilities "
+            "(same labels) instead of training a teacher."
+        ),
+    ] = None,
+    distill_weight: Annotated[
+        float | None,
+        typer.Option(help="The teacher's soft targets' share of the cross-entropy."),
+    ] = None,
+    distill_temperature: Annotated[
+        float | None, typer.Option(help="The teacher's soft targets' temperature.")
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda.")] = None,
     precision: Annotated[
@@ -226,6 +249,7 @@ def train_command(
         label_column=label_col,
         split_file=split_file,
         vectors=vectors,
+        teacher=teacher,
         overwrite=overwrite,
     )
     typer.echo(train_model(job).line())
@@ -388,6 +412,7 @@ _TRAIN_NON_OPTIONS = {
     "label_col",
     "split_file",
     "vectors",
+    "teacher",
     "reference",
     "config",
     "overwrite",

@@ -20,6 +20,8 @@ FORMAT_VERSION = 2
 Variant = Literal["fixed", "packed", "vectors", "regression"]
 VARIANTS: tuple[str, ...] = ("fixed", "packed", "vectors", "regression")
 POOLINGS: tuple[str, ...] = ("last", "last+max")
+# TrainConfig fields that once were: "budget", the search's seconds (search_budget now).
+LEGACY_TRAIN_KEYS = frozenset({"budget"})
 
 
 def check_marks(marks: str) -> str:
@@ -126,6 +128,13 @@ class TrainConfig:
     # Each real token of a training review becomes <unk> with this probability (fresh each
     # step): the model cannot lean on a few words it has memorized. Training only.
     token_dropout: float = 0.0
+    # Distillation (scorer.teacher): a model of this hidden size trained first, whose
+    # probabilities the model learns from too (0: none; ``scorer train --teacher DIR`` takes
+    # one from a model directory instead). The soft targets' share of the cross-entropy and
+    # their temperature (scorer.fit.Objective); both 0/1 when no teacher taught the model.
+    teacher_hidden_dim: int = 0
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
     # Checkpoint averaging: the mean weights of this many epochs ending at the best one
     # (kept if better on validation); 1 keeps the best epoch's weights.
     average_epochs: int = 1
@@ -139,11 +148,12 @@ class TrainConfig:
     # At least this many training examples seen: small data gets more epochs
     # (presets.apply_min_samples).
     min_samples: int = 0
-    # Seconds for training: within them, a search on validation tries the variants of
-    # presets.SEARCH_VARIANTS after the default and keeps the lowest validation loss (under
-    # the default's objective, as early stopping judges epochs).
-    # 0: train the default only.
-    budget: float = 0.0
+    # The search's size in millions of training token passes (presets.search_plan): the
+    # teacher, the search's candidates and the refit all count, and as many of
+    # presets.SEARCH_VARIANTS as fit are tried after the default, the lowest validation loss
+    # (under the default's objective, as early stopping judges epochs) kept. Planned from
+    # the data, never the clock. 0: train the default only.
+    search_budget: float = 0.0
     # Which search variant this config is ("" for the default).
     search_variant: str = ""
     # Which of batch_size and lr the user left to presets (no flag, no --config key, no
@@ -188,6 +198,8 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> ModelCard:
+        """The card of a config.json; keys of ``LEGACY_TRAIN_KEYS`` (settings that decided
+        nothing scoring reads) are dropped, so model directories written before still load."""
         version = doc.get("format_version")
         if version != FORMAT_VERSION:
             raise UserError(
@@ -197,7 +209,9 @@ class ModelCard:
             return cls(
                 model=ModelConfig(**doc["model"]),
                 tokenizer=TokenizerConfig(**doc["tokenizer"]),
-                train=TrainConfig(**doc["train"]),
+                train=TrainConfig(
+                    **{k: v for k, v in doc["train"].items() if k not in LEGACY_TRAIN_KEYS}
+                ),
                 labels=tuple(float(v) for v in doc["labels"]),
                 text_columns=tuple(doc["text_columns"]),
                 vocab_sha256=str(doc["vocab_sha256"]),

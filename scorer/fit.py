@@ -36,12 +36,20 @@ class Prediction:
 class Objective:
     """Cross-entropy (or MSE for regression), plus ``expected_weight`` times the squared
     error of the expected rating: ratings are ordered, and this term teaches the model that
-    saying 4 for a 5 is better than saying 1."""
+    saying 4 for a 5 is better than saying 1.
+
+    Distillation (``distill_weight`` > 0): where a batch carries a teacher's probabilities,
+    the cross-entropy becomes ``(1 - w) * CE + w * T^2 * KL(teacher_T || model_T)``, both
+    softened by the temperature T (Hinton et al.'s soft targets; T^2 keeps the soft term's
+    gradients at the hard one's scale). Without them (validation rows, whatever ``w``) the
+    loss is the plain one: every candidate is judged by the same yardstick."""
 
     config: ModelConfig
     values: torch.Tensor
     expected_weight: float = 0.0
     label_smoothing: float = 0.0
+    distill_weight: float = 0.0
+    temperature: float = 1.0
 
     @classmethod
     def of(
@@ -49,19 +57,44 @@ class Objective:
     ) -> Objective:
         """The objective ``train`` asks for, over the rating ``values`` (on ``device``)."""
         tensor = torch.tensor(values, dtype=torch.float32, device=device)
-        return cls(model, tensor, train.expected_loss_weight, train.label_smoothing)
+        return cls(
+            model,
+            tensor,
+            train.expected_loss_weight,
+            train.label_smoothing,
+            train.distill_weight,
+            train.distill_temperature,
+        )
 
-    def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, output: torch.Tensor, target: torch.Tensor, soft: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The mean loss of a batch; ``soft``: the teacher's probabilities of its rows."""
         output = output.float()
         if self.config.regression:
             return nn.functional.mse_loss(output, target[:, 1])
         loss = nn.functional.cross_entropy(
             output, target[:, 0].long(), label_smoothing=self.label_smoothing
         )
+        if soft is not None and self.distill_weight:
+            loss = (1 - self.distill_weight) * loss + self.distill_weight * soft_loss(
+                output, soft, self.temperature
+            )
         if self.expected_weight:
             expected = torch.softmax(output, dim=1) @ self.values
             loss = loss + self.expected_weight * nn.functional.mse_loss(expected, target[:, 1])
         return loss
+
+
+def soft_loss(output: torch.Tensor, soft: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(teacher_T || model_T)``, batch mean: the teacher's probabilities and the
+    model's logits both softened by ``temperature``."""
+    # The teacher's log-probabilities are its logits up to a constant per row, which the
+    # softmax removes; clamped so that a probability rounded to 0 stays finite.
+    teacher = torch.log_softmax(torch.log(soft.float().clamp_min(1e-12)) / temperature, dim=1)
+    model = torch.log_softmax(output / temperature, dim=1)
+    kl = nn.functional.kl_div(model, teacher, reduction="batchmean", log_target=True)
+    return temperature * temperature * kl
 
 
 def drop_tokens(batch: Batch, rate: float) -> Batch:
@@ -126,6 +159,19 @@ def predict(
     return Prediction(
         expected_np, pred_np, float(host[-2]) / max(n, 1), float(host[-1]) / max(n, 1)
     )
+
+
+@torch.no_grad()
+def logits(model: ReviewLSTM, data: Dataset, batch_size: int = 1024) -> torch.Tensor:
+    """The model's logits for every row of ``data``, float64 on the host, in row order."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = torch.zeros(len(data), model.config.outputs, dtype=torch.float64)
+    order = np.argsort(data.host_lengths, kind="stable")
+    for start in range(0, len(data), batch_size):
+        batch = make_batch(data, order[start : start + batch_size], not model.config.packed, device)
+        out[batch.index.cpu()] = model(batch.ids, batch.lengths, batch.cpu_lengths).double().cpu()
+    return out
 
 
 def _param_groups(model: ReviewLSTM, cfg: TrainConfig) -> list[dict]:
@@ -197,7 +243,7 @@ def _train_epoch(
         batch = make_batch(data, rows, fixed_len, runtime.device)
         if cfg.token_dropout:
             batch = drop_tokens(batch, cfg.token_dropout)
-        loss = objective(_forward(model, batch, runtime), batch.target)
+        loss = objective(_forward(model, batch, runtime), batch.target, batch.soft)
         steps.optimizer.zero_grad(set_to_none=True)
         steps.scaler.scale(loss).backward()
         steps.scaler.unscale_(steps.optimizer)

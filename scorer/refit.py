@@ -54,6 +54,7 @@ def refit(
     }
     if blend is not None:
         fold(model, refit_linear(blend, data, classes))
-        record["linear_c"] = blend.c
+        if blend.linear:
+            record["linear_c"] = blend.c
     record["seconds"] = time.perf_counter() - began
     return model, record

@@ -17,7 +17,7 @@ from scorer.cpus import available_cpus
 from scorer.data import read_labels, read_split_file, read_table, read_texts, stratified_split
 from scorer.device import choose_runtime
 from scorer.errors import UserError
-from scorer.fit import Objective, fit, predict
+from scorer.fit import Objective, predict
 from scorer.malloc import keep_freed_memory
 from scorer.marks_choice import settle_tokenizer
 from scorer.metrics import Metrics, rating_metrics
@@ -26,11 +26,13 @@ from scorer.model_dir import ModelDir, prepare_output
 from scorer.presets import (
     apply_batch_preset,
     apply_min_samples,
-    fits_budget,
-    refit_reserve,
     search_candidates,
+    search_plan,
+    settle_teacher,
 )
 from scorer.refit import refit
+from scorer.search import TRIAL_KEYS, kept_trial, run_search
+from scorer.teacher import check_labels, read_teacher, train_teacher
 from scorer.text import row_hashes
 from scorer.train_data import padding_stats, training_fingerprint
 
@@ -75,21 +77,26 @@ class TrainJob:
     label_column: str = "Rating"
     split_file: Path | None = None
     vectors: Path | None = None
+    # A model directory whose probabilities the model learns from too (scorer.teacher).
+    teacher: Path | None = None
     overwrite: bool = False
 
 
 def train_model(job: TrainJob) -> TrainResult:
     """Train ``job``'s model and write its model directory.
 
-    Everything is chosen on the validation rows first: the marks, then the search's
-    candidates within the time budget (each early-stopped, its epoch and averaging chosen
-    there), then the blend. The refit then trains what was kept on training + validation
-    rows, with no choice left to make; the test rows are scored once, by the final model.
+    Everything is chosen on the validation rows first: the marks, then (with a teacher) the
+    teacher is trained or read, then the search's candidates, as many as the data's size
+    plans (each early-stopped, its epoch and averaging chosen there), then the blend. The
+    refit then trains what was kept on training + validation rows, with no choice left to
+    make; the test rows are scored once, by the final model.
     """
     start = time.perf_counter()
     prepare_output(job.out, overwrite=job.overwrite)
     if job.model.variant == "vectors" and job.vectors is None:
         raise UserError("--variant vectors needs --vectors FILE (GloVe text format)")
+    if job.teacher is not None and job.model.regression:
+        raise UserError("--teacher: distillation needs a classifier (not --variant regression)")
     # The CPUs this process may use (affinity, cgroup quota), not the host's count: more
     # threads than CPUs make torch's OpenMP threads wait on each other.
     threads = job.train.threads or available_cpus()
@@ -99,7 +106,7 @@ def train_model(job: TrainJob) -> TrainResult:
         # Each step's large buffers then come from the heap rather than fresh mmaps whose
         # pages the kernel zeroes every step (scorer.malloc).
         keep_freed_memory()
-    cfg = job.train
+    cfg = settle_teacher(job.train, job.model.regression, job.teacher is not None)
     seed_everything(cfg.seed)
 
     frame = read_table(job.data)
@@ -107,16 +114,9 @@ def train_model(job: TrainJob) -> TrainResult:
     labels = read_labels(frame, job.label_column, job.data)
     split = _split_rows(job.split_file, labels.index, cfg.seed)
     rows = {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
-    # Batch size and rate left to presets depend on the device and the data, known only now.
-    cfg = apply_batch_preset(cfg, runtime.device.type, len(rows["train"]))
-    if len(rows["train"]) < cfg.batch_size:
-        raise UserError(
-            f"{len(rows['train'])} training rows is fewer than one batch ({cfg.batch_size}, "
-            f"{cfg.batch_source}); lower --batch-size or add data"
-        )
-    if len(rows["val"]) == 0:
-        raise UserError("no validation rows: the split needs 'val' rows for early stopping")
-    cfg = apply_min_samples(cfg, len(rows["train"]))
+    cfg = _settle_batches(cfg, runtime, rows)
+    if job.teacher is not None:
+        check_labels(job.teacher, labels.values)
     print(
         f"training on {runtime.device}, {runtime.precision.line()}, {threads} CPU threads; "
         f"batch {cfg.batch_size}, lr {cfg.lr:g} ({cfg.batch_source}), {cfg.epochs} epochs at most",
@@ -130,43 +130,45 @@ def train_model(job: TrainJob) -> TrainResult:
     # user asked the model to be good at, as the epochs were picked, and a candidate's own
     # training tweaks never change the yardstick. (Each candidate's per-epoch history uses
     # its own objective: the same one unless a variant changes the objective's settings.)
-    # The marks' choice is judged by it too; it needs the labels, not the vocabulary.
+    # The marks' choice is judged by it too; it needs the labels, not the vocabulary. The
+    # teacher's soft targets never enter it: validation rows carry none to the judge.
     labelled = replace(job.model, num_labels=len(labels.values))
     judge = Objective.of(labelled, cfg, labels.values, runtime.device)
     prepared, marks = settle_tokenizer(job.tokenizer, texts, rows, labels, runtime, judge)
     tok, vocab, sets = prepared.tokenizer, prepared.vocab, prepared.sets
     model_cfg = replace(labelled, vocab_size=len(vocab))
-    trials = []
-    for candidate in search_candidates(cfg):
-        elapsed = time.perf_counter() - start
-        if trials:
-            first = trials[0]["seconds"]
-            reserved = refit_reserve(cfg, first, len(rows["train"]), len(rows["val"]))
-            if not fits_budget(cfg.budget, elapsed, first, reserved):
-                break
-        began = time.perf_counter()
-        trial = _train_candidate(
-            job, candidate, model_cfg, vocab, sets, labels, rows, runtime, judge
-        )
-        trial["seconds"] = time.perf_counter() - began
-        trials.append(trial)
+
+    def new_model(shape: ModelConfig, settings: TrainConfig) -> ReviewLSTM:
+        return _new_model(job, settings, shape, vocab, labels, rows, runtime)
+
+    teacher = None
+    if job.teacher is not None:
+        taught = read_teacher(job.teacher, texts, rows, sets, labels.values, runtime, threads)
+        sets, teacher = taught.sets, taught.record
+    elif cfg.teacher_hidden_dim:
+        taught = train_teacher(new_model, cfg, model_cfg, sets, labels.values, runtime)
+        sets, teacher = taught.sets, taught.record
+    candidates = search_candidates(cfg)
+    planned = search_plan(
+        cfg,
+        model_cfg.hidden_dim,
+        int(sets["train"].host_lengths.sum()),
+        int(sets["val"].host_lengths.sum()),
+        len(candidates),
+    )
+    trials = run_search(
+        candidates[:planned], new_model, model_cfg, sets, labels.values, runtime, judge
+    )
     chosen = kept_trial(trials)
-    if len(trials) > 1:
-        print(
-            "search on validation: "
-            + ", ".join(f"{t['variant'] or 'default'} loss {t['val_loss']:.4f}" for t in trials)
-            + f"; kept {chosen['variant'] or 'default'}",
-            file=sys.stderr,
-            flush=True,
-        )
     model, cfg, objective = chosen["model"], chosen["cfg"], chosen["objective"]
     fitted, val = chosen["fitted"], chosen["val"]
     blend, blended, refitted = None, None, None
     if cfg.blend and not model_cfg.regression:
         blend, blended = choose_blend(model, sets, vocab.tokens, judge)
         fold(model, blend)
+        kept = f"linear model C {blended['c']:g}" if blend.linear else "no linear path"
         print(
-            f"blend: linear model C {blended['c']:g}, a {blended['a']:.3f}, b {blended['b']:.3f}; "
+            f"blend: {kept}, a {blended['a']:.3f}, b {blended['b']:.3f}; "
             f"val loss {blended['val_loss']['model']:.4f} -> {blended['val_loss']['blend']:.4f}",
             file=sys.stderr,
             flush=True,
@@ -177,11 +179,11 @@ def train_model(job: TrainJob) -> TrainResult:
         )
     if cfg.refit:
         # val (above) stays the model's before the refit: the refitted one has seen those rows.
-        def new_model() -> ReviewLSTM:
-            return _new_model(job, cfg, model_cfg, vocab, labels, rows, runtime)
+        def fresh() -> ReviewLSTM:
+            return new_model(model_cfg, cfg)
 
         classes = len(labels.values)
-        model, refitted = refit(new_model, sets, cfg, fitted, runtime, objective, blend, classes)
+        model, refitted = refit(fresh, sets, cfg, fitted, runtime, objective, blend, classes)
     test = None
     if "test" in sets:
         test_pred = predict(model, sets["test"], labels.values, runtime, objective)
@@ -213,10 +215,12 @@ def train_model(job: TrainJob) -> TrainResult:
             "padding_fraction": padding_stats(sets["train"].host_lengths, cfg.batch_size, cfg.seed),
             "rows": {name: len(r) for name, r in rows.items()},
             "search": [{k: t[k] for k in (*TRIAL_KEYS, "best_epoch", "seconds")} for t in trials],
+            "search_plan": {"candidates": len(candidates), "planned": planned},
             "blend": blended,
             # The final model's training: "val" above is the model's before it.
             "refit": refitted,
             "marks": marks,
+            "teacher": teacher,
         },
         overwrite=job.overwrite,
         training=training_fingerprint(job.data, job.split_file, rows),
@@ -226,41 +230,18 @@ def train_model(job: TrainJob) -> TrainResult:
     return TrainResult(model_dir, val, test, fitted.best_epoch, seconds, refit_rows)
 
 
-# What metrics.json["search"] records of each candidate on the validation rows; ``val_loss``
-# (under the user's objective) is the search's criterion.
-TRIAL_KEYS = ("variant", "val_loss", "val_nll", "val_accuracy", "val_rmse_expected")
-
-
-def kept_trial(trials: list[dict]) -> dict:
-    """The candidate the search keeps: the lowest ``val_loss`` (under the user's objective),
-    the earliest on a tie, so the default wins ties."""
-    return min(trials, key=lambda t: t["val_loss"])
-
-
-def _train_candidate(job, cfg, model_cfg, vocab, sets, labels, rows, runtime, judge) -> dict:
-    """One model trained with ``cfg``: its best weights, and how it does on the validation
-    rows, ``val_loss`` under ``judge`` (the objective all candidates are compared by)."""
-    model = _new_model(job, cfg, model_cfg, vocab, labels, rows, runtime)
-    objective = Objective.of(model_cfg, cfg, labels.values, runtime.device)
-    fitted = fit(model, sets, labels.values, cfg, runtime, objective)
-    model.load_state_dict(fitted.state)
-    prediction = predict(model, sets["val"], labels.values, runtime, judge)
-    val = rating_metrics(
-        sets["val"].label_index, prediction.pred_index, prediction.expected, labels.values
-    )
-    return {
-        "model": model,
-        "cfg": cfg,
-        "objective": objective,
-        "fitted": fitted,
-        "best_epoch": fitted.best_epoch,
-        "variant": cfg.search_variant,
-        "val": val,
-        "val_loss": prediction.loss,
-        "val_nll": prediction.nll,
-        "val_accuracy": val.accuracy,
-        "val_rmse_expected": val.rmse_expected,
-    }
+def _settle_batches(cfg: TrainConfig, runtime, rows: dict[str, np.ndarray]) -> TrainConfig:
+    """Batch size and rate left to presets, and small data's extra epochs: they depend on the
+    device and the data, known only now."""
+    cfg = apply_batch_preset(cfg, runtime.device.type, len(rows["train"]))
+    if len(rows["train"]) < cfg.batch_size:
+        raise UserError(
+            f"{len(rows['train'])} training rows is fewer than one batch ({cfg.batch_size}, "
+            f"{cfg.batch_source}); lower --batch-size or add data"
+        )
+    if len(rows["val"]) == 0:
+        raise UserError("no validation rows: the split needs 'val' rows for early stopping")
+    return apply_min_samples(cfg, len(rows["train"]))
 
 
 def _new_model(job, cfg, model_cfg, vocab, labels, rows, runtime) -> ReviewLSTM:

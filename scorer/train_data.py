@@ -29,6 +29,8 @@ class Dataset:
     host_lengths: np.ndarray  # int64, the same values as ``lengths``, kept on the host
     target: torch.Tensor
     label_index: np.ndarray
+    # A teacher's probabilities of each row [n, K] (distillation, scorer.teacher); None: none.
+    soft: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.label_index)
@@ -40,6 +42,7 @@ class Batch(NamedTuple):
     lengths: torch.Tensor
     cpu_lengths: torch.Tensor
     target: torch.Tensor
+    soft: torch.Tensor | None = None
 
 
 def to_dataset(
@@ -86,12 +89,18 @@ def join(first: Dataset, second: Dataset) -> Dataset:
     def widen(ids: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=PAD_ID)
 
+    soft = None
+    if first.soft is not None and second.soft is not None:
+        soft = torch.cat([first.soft, second.soft])
+    elif (first.soft is None) != (second.soft is None):
+        raise ValueError("join: one dataset has a teacher's probabilities, the other not")
     return Dataset(
         ids=torch.cat([widen(first.ids), widen(second.ids)]),
         lengths=torch.cat([first.lengths, second.lengths]),
         host_lengths=np.concatenate([first.host_lengths, second.host_lengths]),
         target=torch.cat([first.target, second.target]),
         label_index=np.concatenate([first.label_index, second.label_index]),
+        soft=soft,
     )
 
 
@@ -102,7 +111,8 @@ def make_batch(data: Dataset, rows: np.ndarray, fixed_len: bool, device: torch.d
     if not fixed_len:
         # Packed models never look past a batch's longest review: trim the padding.
         ids = ids[:, : max(int(host.max()), 1)]
-    return Batch(index, ids, data.lengths[index], torch.from_numpy(host), data.target[index])
+    soft = data.soft[index] if data.soft is not None else None
+    return Batch(index, ids, data.lengths[index], torch.from_numpy(host), data.target[index], soft)
 
 
 def padding_stats(lengths: np.ndarray, batch_size: int, seed: int) -> dict[str, float]:

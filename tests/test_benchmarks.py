@@ -80,7 +80,8 @@ def test_quality_on_any_labelled_file_reports_model_and_baseline_and_the_search(
     data = tmp_path / "mine.parquet"
     frame = make_reviews(400).rename({"Review Text": "body", "Rating": "stars"})
     frame.write_parquet(data)
-    small = {"threads": 1, "epochs": 2, "embedding_dim": 8, "hidden_dim": 8, "budget": 3600}
+    small = {"threads": 1, "epochs": 2, "embedding_dim": 8, "hidden_dim": 8}
+    small |= {"search_budget": 1e6, "teacher_hidden_dim": 0}
     result = dataset_quality("mine", data, ("body",), "stars", None, [0, 1], tmp_path, small)
     rows = result["rows"]
     assert sum(rows.values()) == 400 and all(38 <= rows[s] <= 42 for s in ("val", "test"))
@@ -105,6 +106,12 @@ def test_quality_on_any_labelled_file_reports_model_and_baseline_and_the_search(
         assert run["refit"]["epochs"] == run["best_epoch"]
     accuracy = [r["test"]["accuracy"] for r in runs]
     assert result["model"]["mean"]["accuracy"]["mean"] == pytest.approx(sum(accuracy) / 2)
+    # The peers get what the model gets: tuned on validation, refitted on training + validation.
+    assert result["baseline"]["refit"]["rows"] == rows["train"] + rows["val"]
+    peer = result["fasttext"]
+    chosen = f"epoch={peer['chosen']['epoch']},lr={peer['chosen']['lr']}"
+    assert peer["grid"][chosen] == max(v for v in peer["grid"].values() if v is not None)
+    assert 0.0 <= peer["test"]["accuracy"] <= 1.0
     table = markdown([result])
     assert f"| mine | {rows['train']}/{rows['val']}/{rows['test']} |" in table
     # The paired interval reloads the saved models: they score what training recorded.
@@ -115,7 +122,9 @@ def test_quality_on_any_labelled_file_reports_model_and_baseline_and_the_search(
     within = {"accuracy": 1.0 / rows["test"], "rmse_expected": 1e-3}
     for metric in ("accuracy", "rmse_expected"):
         assert paired[metric]["model"] == pytest.approx(mean[metric]["mean"], abs=within[metric])
-        assert paired[metric]["baseline"] == pytest.approx(result["baseline"]["test"][metric])
+        # Against the baseline refitted on training + validation rows, as the models are.
+        refit = result["baseline"]["refit"]["test"][metric]
+        assert paired[metric]["baseline"] == pytest.approx(refit)
         assert paired[metric]["low"] <= paired[metric]["high"]
     # --from-runs: the same models, taken as recorded rather than trained again...
     template = str(tmp_path / "{name}-seed{seed}")
@@ -123,6 +132,8 @@ def test_quality_on_any_labelled_file_reports_model_and_baseline_and_the_search(
         "mine", data, ("body",), "stars", None, [0, 1], tmp_path, small, from_runs=template
     )
     assert [r["test"] for r in again["model"]["runs"]] == [r["test"] for r in runs]
+    # The peer too, though models trained in this process in between (a fresh process).
+    assert again["fasttext"]["grid"] == result["fasttext"]["grid"]
     assert [r["refit"] for r in again["model"]["runs"]] == [r["refit"] for r in runs]
     assert again["marks_choice"]["kept"] == runs[0]["marks"] == runs[1]["marks"]
     assert again["model"]["runs"][1]["from_run"] == str(tmp_path / "mine-seed1")

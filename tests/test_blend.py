@@ -3,6 +3,8 @@ fitter against scikit-learn's objective, and the blend weights."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -121,9 +123,9 @@ def test_fit_weights_finds_the_blend_that_generated_the_labels() -> None:
 
 
 def test_the_blend_chosen_on_validation_folds_into_the_model() -> None:
-    from scorer.blend import _logits, choose_blend, fold
+    from scorer.blend import choose_blend, fold
     from scorer.config import ModelConfig
-    from scorer.fit import Objective
+    from scorer.fit import Objective, logits
     from scorer.model import ReviewLSTM
     from tests.helpers import word_sets
 
@@ -136,11 +138,11 @@ def test_the_blend_chosen_on_validation_folds_into_the_model() -> None:
     with torch.no_grad():
         model.wide.unigram.weight.normal_()
     judge = Objective(config, torch.tensor(values), expected_weight=0.5)
-    before = _logits(model, sets["val"])
+    before = logits(model, sets["val"])
     blend, record = choose_blend(model, sets, vocab.tokens, judge, buckets=32)
     assert (blend.a, blend.b, blend.c) == (record["a"], record["b"], record["c"])
     fold(model, blend)
-    after = _logits(model, sets["val"])
+    after = logits(model, sets["val"])
     assert model.config.linear_buckets == 32 and model.linear is not None
     linear = after - record["a"] * before
     # What the model adds is b times the fitted linear model: its logits, recomputed from
@@ -167,7 +169,8 @@ def test_training_with_blend_writes_a_model_that_loads_and_exports_exactly(
     from tests.helpers import write_reviews
 
     data = write_reviews(tmp_path / "reviews.parquet", n=600)
-    options = {"budget": 0, "embedding_dim": 16, "hidden_dim": 16, "max_len": 24, "epochs": 3}
+    options = {"search_budget": 0, "teacher_hidden_dim": 0, "embedding_dim": 16, "hidden_dim": 16}
+    options |= {"max_len": 24, "epochs": 3}
     options |= {"batch_size": 32, "lr": 1e-2, "threads": 1, "variant": variant, "blend": True}
     model_cfg, tok, train = resolve(options)
     job = TrainJob(data, tmp_path / "model", model_cfg, tok, train, ("Title", "Review Text"))
@@ -192,3 +195,52 @@ def test_training_with_blend_writes_a_model_that_loads_and_exports_exactly(
     second = torch.load(again.model_dir.path / "model.pt", weights_only=True)
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize("informative", ["model", "linear"])
+def test_the_linear_path_is_kept_only_where_it_pays_for_its_weight_on_validation(
+    monkeypatch, informative
+) -> None:
+    from scorer import blend as blend_module
+    from scorer.blend import LinearFit, choose_blend, fold
+    from scorer.config import ModelConfig
+    from scorer.fit import Objective
+    from scorer.model import ReviewLSTM
+    from tests.helpers import word_sets
+
+    vocab, sets, values, _ = word_sets(80, 400)
+    rows, classes, buckets = len(sets["val"]), len(values), 16
+    rng = np.random.default_rng(0)
+    truth = torch.from_numpy(rng.normal(size=(rows, classes)) * 3)
+    noise = torch.from_numpy(rng.normal(size=(rows, classes)))
+    torch.manual_seed(0)
+    target = torch.distributions.Categorical(logits=truth).sample()
+    val = sets["val"]
+    sets = {**sets, "val": dataclasses.replace(val, target=torch.stack(
+        [target.float(), torch.tensor(values)[target]], dim=1))}  # fmt: skip
+    # Where the model knows it all, the linear model says the same thing (its logits are
+    # the model's, halved): it can only rescale what a alone rescales.
+    deep, linear = (truth, truth / 2) if informative == "model" else (noise, truth)
+    width = len(vocab) + buckets
+    fitted = LinearFit(
+        [(0.0, 4.0, torch.zeros(width, classes, dtype=torch.float64),
+          torch.zeros(classes, dtype=torch.float64), linear)],
+        np.ones(width), np.ones(len(vocab), dtype=bool), 0.0, 0.0,
+    )  # fmt: skip
+    monkeypatch.setattr(blend_module, "linear_fits", lambda *a, **k: fitted)
+    monkeypatch.setattr(blend_module, "logits", lambda model, data: deep)
+    config = ModelConfig("packed", len(vocab), classes, packed=True, wide_buckets=8)
+    model = ReviewLSTM(config)
+    judge = Objective(config, torch.tensor(values))
+    blend, record = choose_blend(model, sets, vocab.tokens, judge, buckets=buckets)
+    losses = record["val_loss"]
+    kept = informative == "linear"
+    assert blend.linear is kept and record["linear_kept"] is kept
+    # Kept: its loss beats the scale alone by more than one weight's price per row.
+    assert (losses["with_linear"] + 1 / rows < losses["scaled"]) is kept
+    assert losses["blend"] == (losses["with_linear"] if kept else losses["scaled"])
+    head = model.head.weight.detach().clone()
+    fold(model, blend)
+    assert (model.linear is not None) is kept
+    assert (model.config.linear_buckets == buckets) is kept
+    torch.testing.assert_close(model.head.weight, head * blend.a)

@@ -3,10 +3,8 @@ command `scorer run reviews.parquet` uses it with no other flag."""
 
 from __future__ import annotations
 
-import io
 import json
 import re
-import zipfile
 
 import polars as pl
 import pytest
@@ -17,17 +15,8 @@ from scorer.model_dir import bundled_model_dir
 from tests.helpers import write_reviews
 
 TINY = {"embedding_dim": 8, "hidden_dim": 8, "max_len": 24, "epochs": 2, "batch_size": 32}
-# What the bundled model adds to the wheel, which stores it deflated (PyPI's default limit
-# is 100 MB a file): the blended linear path's tables, mostly zeros, made it 22 MB on disk.
-WHEEL_LIMIT = 15_000_000
-
-
-def _deflated_size(directory) -> int:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(directory.iterdir()):
-            archive.write(path, path.name)
-    return buffer.tell()
+# What the bundled model may add to the package, on disk (the wheel deflates it further).
+SIZE_LIMIT = 10_000_000
 
 
 def test_the_same_data_and_cpu_give_the_same_bytes(tmp_path) -> None:
@@ -58,7 +47,7 @@ def _bundled():
 
 def test_the_bundled_model_is_small_and_exported_for_both_providers() -> None:
     path = _bundled()
-    assert _deflated_size(path) <= WHEEL_LIMIT
+    assert sum(p.stat().st_size for p in path.iterdir()) <= SIZE_LIMIT
     graphs = json.loads((path / "config.json").read_text())["graphs"]
     assert {e["device"] for e in graphs.values()} == {"cpu", "cuda"}
 

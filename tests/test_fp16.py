@@ -252,7 +252,8 @@ def trained(tmp_path_factory):
                 "lr": 1e-2,
                 "patience": 2,
                 "threads": 1,
-                "budget": 0,
+                "search_budget": 0,
+                "teacher_hidden_dim": 0,
             }
         )
         out = root / name

@@ -132,8 +132,8 @@ def test_marks_given_by_the_user_turn_the_choice_off(
 def test_training_records_the_choice_and_saves_the_marks_kept(tmp_path):
     data = write_reviews(tmp_path / "reviews.parquet", n=300)
     model, tok, train = resolve(
-        {"device": "cpu", "budget": 0, "embedding_dim": 8, "hidden_dim": 8, "max_len": 24,
-         "epochs": 1, "batch_size": 32, "threads": 1, "blend": False}
+        {"device": "cpu", "search_budget": 0, "embedding_dim": 8, "hidden_dim": 8, "max_len": 24,
+         "epochs": 1, "batch_size": 32, "threads": 1, "blend": False, "teacher_hidden_dim": 0}
     )  # fmt: skip
     assert tok.marks_choice == "!?"
     job = TrainJob(data, tmp_path / "model", model, tok, train, ("Title", "Review Text"))

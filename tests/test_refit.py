@@ -14,7 +14,7 @@ from scorer import refit as refit_module
 from scorer.config import ModelConfig, TrainConfig
 from scorer.fit import Objective, fit, fit_epochs
 from scorer.model import ReviewLSTM
-from scorer.presets import fits_budget, refit_reserve, resolve
+from scorer.presets import resolve
 from scorer.train import train_model
 from scorer.train_data import join
 from scorer.vocab import PAD_ID
@@ -169,22 +169,3 @@ def test_join_keeps_row_order_and_pads_to_the_wider() -> None:
     assert bool((joined.ids[len(sets["train"]) :, 4:] == PAD_ID).all())
     assert np.array_equal(joined.label_index[len(sets["train"]) :], cut.label_index)
     assert torch.equal(joined.target[len(sets["train"]) :], cut.target)
-
-
-@pytest.mark.parametrize(
-    ("refit", "elapsed", "first", "fits"),
-    [
-        # The reference reviews: marks and a first candidate of 200 s leave no room for a
-        # second one and a refit of 18,790 + 2,347 rows within 600 s...
-        (True, 240.0, 200.0, False),
-        # ...without a refit they would.
-        (False, 240.0, 200.0, True),
-        # Small data: room for both.
-        (True, 20.0, 30.0, True),
-    ],
-)
-def test_the_search_keeps_time_for_the_refit(refit, elapsed, first, fits) -> None:
-    train = resolve({"refit": refit})[2]
-    reserved = refit_reserve(train, first, 18_790, 2_347)
-    assert reserved == (pytest.approx(first * 21_137 / 18_790) if refit else 0.0)
-    assert fits_budget(600.0, elapsed, first, reserved) is fits

@@ -24,7 +24,9 @@ SMALL = {
     # The CPU unless a test asks for CUDA: these tests assert what runs on the CPU, and
     # "auto" picks the GPU on a CUDA host (the device check runs this suite there).
     "device": "cpu",
-    "budget": 0,
+    "search_budget": 0,
+    # The machinery's own tests: the recipe's teacher has tests of its own (test_distill).
+    "teacher_hidden_dim": 0,
     "embedding_dim": 16,
     "hidden_dim": 16,
     "max_len": 24,
@@ -67,7 +69,12 @@ def reviews(tmp_path_factory):
 )
 def test_variants_learn_and_write_a_complete_model_dir(tmp_path, reviews, variant, options):
     vectors = write_vectors(tmp_path / "vec.txt", dim=8) if variant == "vectors" else None
-    result = train_model(job(tmp_path, reviews, variant=variant, vectors=vectors, **options))
+    # The LSTM alone: the wide path and the blend read the words that spell the rating, so
+    # with them a model would beat the majority class with a dead LSTM.
+    lstm = {"wide_buckets": 0, "blend": False}
+    result = train_model(
+        job(tmp_path, reviews, variant=variant, vectors=vectors, **lstm, **options)
+    )
     out = result.model_dir.path
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json",
@@ -236,7 +243,9 @@ def test_training_steps_never_read_tensors_on_the_host(
     monkeypatch.setattr(train_module, "choose_runtime", lambda device, precision: runtime)
     reads = HostReads(monkeypatch)
     counts = []
-    real_fit = train_module.fit
+    from scorer import search as search_module
+
+    real_fit = search_module.fit
 
     def counted_fit(*args, **kwargs):
         reads.active, reads.calls = True, []
@@ -246,7 +255,7 @@ def test_training_steps_never_read_tensors_on_the_host(
             reads.active = False
             counts.append(list(reads.calls))
 
-    monkeypatch.setattr(train_module, "fit", counted_fit)
+    monkeypatch.setattr(search_module, "fit", counted_fit)
     epochs = 2
     for batch_size in (16, 64):  # 30 and 8 steps per epoch
         name = f"b{batch_size}"
@@ -369,6 +378,8 @@ def cli_train(tmp_path, data, *extra) -> int:
             "16",
             "--threads",
             "1",
+            "--teacher-hidden-dim",
+            "0",
             *extra,
         ]
     )
@@ -567,7 +578,7 @@ def test_checkpoint_averaging_runs_in_training(tmp_path, reviews, capsys) -> Non
     assert "averaged the last" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("budget", "trials"), [(0, 1), (3600, 3)])
+@pytest.mark.parametrize(("budget", "trials"), [(0, 1), (1e6, 3)])
 def test_the_search_on_validation_keeps_the_lowest_val_loss(tmp_path, reviews, budget, trials):
     result = train_model(
         job(
@@ -577,7 +588,7 @@ def test_the_search_on_validation_keeps_the_lowest_val_loss(tmp_path, reviews, b
             wide_buckets=256,
             wide_lr_scale=3.0,
             expected_loss_weight=0.5,
-            budget=budget,
+            search_budget=budget,
             # The blend is fitted on validation: its metrics there are the blend's.
             blend=False,
         )
@@ -613,7 +624,7 @@ def test_the_search_on_validation_keeps_the_lowest_val_loss(tmp_path, reviews, b
     ],
 )
 def test_the_search_keeps_the_lowest_objective_not_the_lowest_nll(trials, kept) -> None:
-    from scorer.train import kept_trial
+    from scorer.search import kept_trial
 
     rows = [{"variant": v, "val_loss": loss, "val_nll": nll} for v, loss, nll in trials]
     assert kept_trial(rows)["variant"] == kept
@@ -627,7 +638,7 @@ def test_the_search_judges_every_candidate_by_the_users_objective(
     weight = presets.DEFAULT["expected_loss_weight"]
     monkeypatch.setattr(presets, "SEARCH_VARIANTS", ({"expected_loss_weight": 2.0 * weight},))
     result = train_model(
-        job(tmp_path, reviews, epochs=2, expected_loss_weight=weight, budget=3600, patience=5)
+        job(tmp_path, reviews, epochs=2, expected_loss_weight=weight, search_budget=1e6, patience=5)
     )
     search = json.loads((result.model_dir.path / "metrics.json").read_text())["search"]
     assert [t["variant"] for t in search] == ["", f"expected_loss_weight={2.0 * weight}"]
@@ -637,28 +648,71 @@ def test_the_search_judges_every_candidate_by_the_users_objective(
         )
 
 
+KD = "distill_temperature=2.0, distill_weight=0.5"
+
+
 @pytest.mark.parametrize(
     ("given", "variants"),
     [
-        ({}, ["", "token_dropout=0.1", "wide_lr_scale=10.0"]),
-        ({"token_dropout": 0.05}, ["", "wide_lr_scale=10.0"]),
-        ({"token_dropout": 0.1}, ["", "wide_lr_scale=10.0"]),
-        ({"wide_lr_scale": 5.0}, ["", "token_dropout=0.1"]),
-        ({"budget": 0}, [""]),
+        ({}, ["", KD, "token_dropout=0.1", "wide_lr_scale=10.0"]),
+        ({"token_dropout": 0.05}, ["", KD, "wide_lr_scale=10.0"]),
+        ({"token_dropout": 0.1}, ["", KD, "wide_lr_scale=10.0"]),
+        ({"wide_lr_scale": 5.0}, ["", KD, "token_dropout=0.1"]),
+        ({"distill_temperature": 3.0}, ["", "token_dropout=0.1", "wide_lr_scale=10.0"]),
+        # No teacher, no distillation to vary.
+        ({"teacher_hidden_dim": 0}, ["", "token_dropout=0.1", "wide_lr_scale=10.0"]),
+        ({"search_budget": 0}, [""]),
     ],
 )
 def test_the_search_never_overrides_or_repeats_a_users_setting(given, variants) -> None:
-    from scorer.presets import search_candidates
+    from scorer.presets import search_candidates, settle_teacher
 
-    train = resolve(given)[2]
+    train = settle_teacher(resolve(given)[2], regression=False, external=False)
     candidates = search_candidates(train)
     assert [c.search_variant for c in candidates] == variants
     for c in candidates:
-        assert all(getattr(c, k) == v for k, v in given.items())
+        assert all(getattr(c, k) == v for k, v in given.items() if k != "teacher_hidden_dim")
 
 
-def test_a_budget_too_small_for_a_second_trial_stops_after_the_first() -> None:
-    from scorer.presets import fits_budget
+@pytest.mark.parametrize(
+    ("options", "tokens", "planned"),
+    [
+        # The reference reviews: 1.30M training tokens, 0.16M validation, 12 epochs; the
+        # teacher (hidden 128) costs 2.5x a candidate (hidden 32), the refit 1.12x: two fit.
+        ({}, (1_300_000, 160_000), 2),
+        # Twice the data: the teacher and the refit leave no room; the default still runs.
+        ({}, (2_600_000, 320_000), 1),
+        # At least the default runs, however large the data.
+        ({}, (50_000_000, 5_000_000), 1),
+        # Without the teacher's passes, two fit.
+        ({"teacher_hidden_dim": 0}, (2_600_000, 320_000), 2),
+        # No budget: the default alone; no refit to count: more room.
+        ({"search_budget": 0}, (1_000, 100), 1),
+        ({"refit": False, "teacher_hidden_dim": 0}, (2_600_000, 320_000), 3),
+    ],
+)
+def test_the_search_is_planned_from_the_datas_size(options, tokens, planned) -> None:
+    from scorer.presets import search_candidates, search_plan
 
-    assert fits_budget(600, 100, 200) and not fits_budget(600, 400, 200)
-    assert not fits_budget(0, 0, 1)
+    model, _, train = resolve(options)
+    count = len(search_candidates(train))
+    assert search_plan(train, model.hidden_dim, *tokens, count) == planned
+
+
+def test_the_search_trains_the_same_candidates_on_a_slow_machine(
+    tmp_path, reviews, monkeypatch
+) -> None:
+    import time as time_module
+
+    def search_of(name: str) -> list[str]:
+        result = train_model(job(tmp_path, reviews, name=name, epochs=1, search_budget=0.05))
+        metrics = json.loads((result.model_dir.path / "metrics.json").read_text())
+        return [t["variant"] for t in metrics["search"]]
+
+    normal = search_of("normal")
+    # Every reading of the clock an hour after the one before: a machine 1000s of times
+    # slower, as far as training can tell.
+    clock = iter(range(0, 10**9, 3600))
+    monkeypatch.setattr(time_module, "perf_counter", lambda: float(next(clock)))
+    slowed = search_of("slowed")
+    assert slowed == normal and len(normal) > 1
