@@ -114,8 +114,6 @@ def train_student(
     name: str, changes: dict, seed: int, teacher: Path | None, threads: int
 ) -> dict[str, object]:
     """One student trained, exported and scored on the validation rows; its record."""
-    from scorer.evaluate import EvalJob, evaluate
-    from scorer.export.onnx_export import export_model
     from scorer.presets import resolve
     from scorer.train import TrainJob, train_model
 
@@ -144,6 +142,17 @@ def train_student(
             overwrite=True,
         )
     )
+    return record_student(name, changes, seed, out, result.seconds, threads)
+
+
+def record_student(
+    name: str, changes: dict, seed: int, out: Path, seconds: float, threads: int
+) -> dict[str, object]:
+    """A trained student's record: exported (fp32 and int8), its validation rows scored
+    through `scorer eval`'s path with each graph."""
+    from scorer.evaluate import EvalJob, evaluate
+    from scorer.export.onnx_export import export_model
+
     export_model(out, int8=True)
     metrics = json.loads((out / "metrics.json").read_text())
     card = json.loads((out / "config.json").read_text())
@@ -174,7 +183,7 @@ def train_student(
         "val_loss_lstm": search["val_loss"],
         "val": val,
         "best_epoch": metrics["best_epoch"],
-        "train_seconds": result.seconds,
+        "train_seconds": seconds,
         "graph_bytes": {p.name: p.stat().st_size for p in sorted(out.glob("*.onnx"))},
         "lstm_madds_per_token": lstm_madds(card["model"]),
         "model_dir": str(out.relative_to(REPO)),
@@ -443,6 +452,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     run.add_argument("--precisions", nargs="+", default=list(PRECISIONS))
     run.add_argument("--save-as", default="speed", help="record name under runs/bench/students")
+    rec = sub.add_parser("record", help="record a model trained elsewhere as a student")
+    rec.add_argument("name")
+    rec.add_argument("model_dir", type=Path)
+    rec.add_argument("--seed", type=int, default=0)
     rep = sub.add_parser("report")
     rep.add_argument("--plot", action="store_true")
     args = parser.parse_args(argv)
@@ -481,6 +494,15 @@ def main(argv: list[str] | None = None) -> None:
             "contenders": contenders,
         }
         (WORK / f"{args.save_as}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    elif args.command == "record":
+        import shutil
+
+        out = WORK / f"{args.name}-s{args.seed}"
+        if out.resolve() != args.model_dir.resolve():
+            shutil.copytree(args.model_dir, out, dirs_exist_ok=True)
+        seconds = json.loads((out / "metrics.json").read_text())["seconds"]
+        record = record_student(args.name, changes_of(args.name), args.seed, out, seconds, 2)
+        print(f"{args.name}: val {record['val']['fp32']}")
     else:
         print(f"saved {report(args.plot)}")
 

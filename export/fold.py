@@ -115,12 +115,12 @@ class FoldedLSTM(torch.autograd.Function):
     """Eagerly :func:`recur`; exported, a ``scorer.FoldedLSTM`` placeholder node."""
 
     @staticmethod
-    def forward(ctx, ids, valid, embedding, w_in, bias, recurrent, want_max):  # type: ignore[override]
+    def forward(ctx, ids, valid, embedding, w_in, bias, recurrent, want_max, right_aligned):  # type: ignore[override]
         h, best = recur(ids, valid, fold_table(embedding, w_in, bias), recurrent)
         return h, best
 
     @staticmethod
-    def symbolic(g, ids, valid, embedding, w_in, bias, recurrent, want_max):
+    def symbolic(g, ids, valid, embedding, w_in, bias, recurrent, want_max, right_aligned):
         outputs = g.op(
             f"{DOMAIN}::{OP}",
             ids,
@@ -130,6 +130,7 @@ class FoldedLSTM(torch.autograd.Function):
             bias,
             recurrent,
             want_max_i=int(want_max),
+            right_aligned_i=int(right_aligned),
             outputs=2,
         )
         # Declared so the exporter's shape inference knows the placeholder's outputs.
@@ -165,6 +166,7 @@ def _scan_nodes(node, inits, prefix: str) -> list:
     ids, valid, embedding, w_in, bias, recurrent = node.input
     final, best = node.output
     want_max = next(a.i for a in node.attribute if a.name == "want_max")
+    right_aligned = next((a.i for a in node.attribute if a.name == "right_aligned"), 0)
     hidden = int(inits[recurrent].dims[1])
 
     def name(s: str) -> str:
@@ -198,9 +200,10 @@ def _scan_nodes(node, inits, prefix: str) -> list:
             value=numpy_helper.from_array(np.zeros(1, np.float32)),
         ),
     ]
-    states, scan_inputs = [name("zeros"), name("zeros")], [ids]
-    outputs = [name("h_last"), name("c_last")]
-    if want_max:
+    if not want_max:
+        nodes += _scan(name, table, recurrent, hidden, [name("zeros")] * 2, [ids], "last")
+        nodes.append(helper.make_node("Identity", [name("zeros")], [best]))
+    else:
         nodes.append(
             helper.make_node(
                 "ConstantOfShape",
@@ -209,28 +212,105 @@ def _scan_nodes(node, inits, prefix: str) -> list:
                 value=numpy_helper.from_array(np.full(1, -np.inf, np.float32)),
             )
         )
-        states.append(name("lowest"))
-        scan_inputs.append(valid)
-        outputs.append(best)
-    body = _body(table, recurrent, hidden, want_max)
-    nodes.append(
-        helper.make_node(
-            "Scan",
-            states + scan_inputs,
-            outputs,
-            name=name("scan"),
-            num_scan_inputs=len(scan_inputs),
-            body=body,
-        )
-    )
+        states = [name("zeros"), name("zeros"), name("lowest")]
+        if right_aligned:
+            nodes += _split_scans(name, table, recurrent, hidden, states, ids, valid)
+        else:
+            nodes += _scan(name, table, recurrent, hidden, states, [ids, valid], "masked")
+        nodes.append(helper.make_node("Identity", [name("best_last")], [best]))
     nodes.append(helper.make_node("Identity", [name("h_last")], [final]))
-    if not want_max:
-        nodes.append(helper.make_node("Identity", [name("zeros")], [best]))
     return nodes
 
 
-def _body(table: str, recurrent: str, hidden: int, want_max: bool):
-    """One step: (h, c[, best], ids_t[, valid_t]) -> (h, c[, best])."""
+def _scan(name, table, recurrent, hidden, states, inputs, kind, suffix="") -> list:
+    """One Scan node over ``inputs`` from ``states``; its outputs are ``h_last``, ``c_last``
+    (and ``best_last``) with ``suffix``."""
+    from onnx import helper
+
+    outputs = [name(f"h_last{suffix}"), name(f"c_last{suffix}")]
+    if kind != "last":
+        outputs.append(name(f"best_last{suffix}"))
+    return [
+        helper.make_node(
+            "Scan",
+            [*states, *inputs],
+            outputs,
+            name=name(f"scan{suffix}"),
+            num_scan_inputs=len(inputs),
+            body=_body(table, recurrent, hidden, kind),
+        )
+    ]
+
+
+def _split_scans(name, table, recurrent, hidden, states, ids, valid) -> list:
+    """Max pooling over right-aligned reviews, in two Scans: a masked one over the steps
+    where some review is still padding, then an unmasked one over the rest, where every
+    review is real (most steps: a batch holds reviews of similar lengths), which skips the
+    mask's two ops per step. The masked Scan starts with one more padding step, so that
+    neither Scan is empty (onnxruntime refuses a Scan over no steps): padding leaves the
+    state at zero, so the extra step changes nothing, and the last step is always real."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = {
+        "zero": np.array([0], np.int64),
+        "one": np.array([1], np.int64),
+        "one_one": np.array([1, 1], np.int64),
+        "no": np.zeros((1, 1, 1), np.bool_),
+    }
+    nodes = [
+        helper.make_node("Constant", [], [name(k)], value=numpy_helper.from_array(v, name(k)))
+        for k, v in consts.items()
+    ]
+    # The padding id: the table's last (all-zero) row; constant, folded at load.
+    nodes += [
+        helper.make_node("Shape", [table], [name("table_shape")]),
+        helper.make_node("Gather", [name("table_shape"), name("zero")], [name("rows_n")], axis=0),
+        helper.make_node("Sub", [name("rows_n"), name("one")], [name("hold_flat")]),
+        helper.make_node("Reshape", [name("hold_flat"), name("one_one")], [name("hold_id")]),
+    ]
+    nodes += [
+        helper.make_node("Concat", [name("one"), name("batch")], [name("batch_row")], axis=0),
+        helper.make_node(
+            "Concat", [name("one"), name("batch"), name("one")], [name("valid_row")], axis=0
+        ),
+    ]
+    # k: the leading steps where some review is padding (valid is monotone in time).
+    nodes += [
+        helper.make_node("Cast", [valid], [name("valid_i")], to=TensorProto.INT64),
+        helper.make_node(
+            "ReduceMin", [name("valid_i")], [name("all_valid")], axes=[1, 2], keepdims=0
+        ),
+        helper.make_node(
+            "ReduceSum", [name("all_valid"), name("zero")], [name("real")], keepdims=1
+        ),
+        helper.make_node("Shape", [ids], [name("ids_shape")]),
+        helper.make_node("Gather", [name("ids_shape"), name("zero")], [name("steps")], axis=0),
+        helper.make_node("Sub", [name("steps"), name("real")], [name("k")]),
+        # The masked part: one padding step, then steps [0, k).
+        helper.make_node("Expand", [name("hold_id"), name("batch_row")], [name("pad_ids")]),
+        helper.make_node("Slice", [ids, name("zero"), name("k")], [name("head_ids")]),
+        helper.make_node(
+            "Concat", [name("pad_ids"), name("head_ids")], [name("masked_ids")], axis=0
+        ),
+        helper.make_node("Expand", [name("no"), name("valid_row")], [name("pad_valid")]),
+        helper.make_node("Slice", [valid, name("zero"), name("k")], [name("head_valid")]),
+        helper.make_node(
+            "Concat", [name("pad_valid"), name("head_valid")], [name("masked_valid")], axis=0
+        ),
+        # The unmasked part: steps [k, T), never empty (the last step is real for all).
+        helper.make_node("Slice", [ids, name("k"), name("steps")], [name("tail_ids")]),
+    ]
+    masked = _scan(name, table, recurrent, hidden, states,
+                   [name("masked_ids"), name("masked_valid")], "masked", "_head")  # fmt: skip
+    head_states = [name("h_last_head"), name("c_last_head"), name("best_last_head")]
+    unmasked = _scan(name, table, recurrent, hidden, head_states, [name("tail_ids")], "all")
+    return nodes + masked + unmasked
+
+
+def _body(table: str, recurrent: str, hidden: int, kind: str):
+    """One step: (h, c[, best], ids_t[, valid_t]) -> (h, c[, best]). ``kind``: "last" (no
+    max pooling), "masked" (the max over the steps ``valid_t`` marks) or "all" (the max
+    over every step: the caller knows every review is real there)."""
     from onnx import TensorProto, helper, numpy_helper
 
     state = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", hidden])  # noqa: E731
@@ -254,15 +334,18 @@ def _body(table: str, recurrent: str, hidden: int, want_max: bool):
         numpy_helper.from_array(np.array(2.0, np.float32), "two"),
         numpy_helper.from_array(np.array(1.0, np.float32), "one"),
     ]
-    if want_max:
+    if kind != "last":
         inputs.append(state("best"))
         outputs.append(state("best_out"))
+    if kind == "masked":
         initializers.append(numpy_helper.from_array(np.array(-np.inf, np.float32), "neg_inf"))
         nodes += [
             helper.make_node("Where", ["valid_t", "h_out", "neg_inf"], ["h_valid"]),
             helper.make_node("Max", ["best", "h_valid"], ["best_out"]),
         ]
+    elif kind == "all":
+        nodes.append(helper.make_node("Max", ["best", "h_out"], ["best_out"]))
     inputs.append(helper.make_tensor_value_info("ids_t", TensorProto.INT64, ["batch"]))
-    if want_max:
+    if kind == "masked":
         inputs.append(helper.make_tensor_value_info("valid_t", TensorProto.BOOL, ["batch", 1]))
     return helper.make_graph(nodes, "folded_step", inputs, outputs, initializers)

@@ -134,6 +134,7 @@ class InferenceGraph(nn.Module):
                 direction.bias,
                 direction.recurrent,
                 want_max,
+                self.config.packed,
             )
             finals.append(final)
             maxima.append(best)

@@ -110,6 +110,13 @@ def train_command(
     config: Annotated[
         Path | None, typer.Option("--config", help="JSON file with any of these options.")
     ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            help="A named recipe instead of the default: hidden128 (the default before the "
+            "distilled one: the hidden-128 model alone)."
+        ),
+    ] = None,
     bidirectional: Annotated[bool | None, typer.Option("--bidirectional/--unidirectional")] = None,
     layers: Annotated[int | None, typer.Option()] = None,
     embedding_dim: Annotated[int | None, typer.Option()] = None,
@@ -238,7 +245,9 @@ def train_command(
     from scorer.train import TrainJob, train_model
 
     options = {k: v for k, v in locals().items() if k not in _TRAIN_NON_OPTIONS}
-    model_cfg, tokenizer, train_cfg = resolve(options, reference=reference, config_file=config)
+    model_cfg, tokenizer, train_cfg = resolve(
+        options, reference=reference, config_file=config, recipe=recipe
+    )
     job = TrainJob(
         data=data,
         out=out,
@@ -415,6 +424,7 @@ _TRAIN_NON_OPTIONS = {
     "teacher",
     "reference",
     "config",
+    "recipe",
     "overwrite",
 }
 

@@ -649,16 +649,17 @@ def test_the_search_judges_every_candidate_by_the_users_objective(
 
 
 KD = "distill_temperature=2.0, distill_weight=0.5"
+ALONE = "distill_weight=0.0"
 
 
 @pytest.mark.parametrize(
     ("given", "variants"),
     [
-        ({}, ["", KD, "token_dropout=0.1", "wide_lr_scale=10.0"]),
-        ({"token_dropout": 0.05}, ["", KD, "wide_lr_scale=10.0"]),
-        ({"token_dropout": 0.1}, ["", KD, "wide_lr_scale=10.0"]),
-        ({"wide_lr_scale": 5.0}, ["", KD, "token_dropout=0.1"]),
-        ({"distill_temperature": 3.0}, ["", "token_dropout=0.1", "wide_lr_scale=10.0"]),
+        ({}, ["", KD, ALONE, "token_dropout=0.1", "wide_lr_scale=10.0"]),
+        ({"token_dropout": 0.05}, ["", KD, ALONE, "wide_lr_scale=10.0"]),
+        ({"token_dropout": 0.1}, ["", KD, ALONE, "wide_lr_scale=10.0"]),
+        ({"wide_lr_scale": 5.0}, ["", KD, ALONE, "token_dropout=0.1"]),
+        ({"distill_temperature": 3.0}, ["", ALONE, "token_dropout=0.1", "wide_lr_scale=10.0"]),
         # No teacher, no distillation to vary.
         ({"teacher_hidden_dim": 0}, ["", "token_dropout=0.1", "wide_lr_scale=10.0"]),
         ({"search_budget": 0}, [""]),
@@ -716,3 +717,33 @@ def test_the_search_trains_the_same_candidates_on_a_slow_machine(
     monkeypatch.setattr(time_module, "perf_counter", lambda: float(next(clock)))
     slowed = search_of("slowed")
     assert slowed == normal and len(normal) > 1
+
+
+@pytest.mark.parametrize(
+    ("options", "recipe", "expected"),
+    [
+        ({}, None, {"hidden_dim": 32, "teacher_hidden_dim": 128, "epochs": 12}),
+        # The default before the distilled one, as a recipe.
+        ({}, "hidden128", {"hidden_dim": 128, "teacher_hidden_dim": 0, "epochs": 8}),
+        # A flag still wins over the recipe.
+        ({"hidden_dim": 64}, "hidden128", {"hidden_dim": 64, "teacher_hidden_dim": 0}),
+    ],
+)
+def test_a_named_recipe_changes_the_default_and_flags_win(options, recipe, expected) -> None:
+    model, _, train = resolve(options, recipe=recipe)
+    got = {"hidden_dim": model.hidden_dim, "teacher_hidden_dim": train.teacher_hidden_dim}
+    got["epochs"] = train.epochs
+    assert {k: got[k] for k in expected} == expected
+    # A recipe's epochs are still the preset's: small data may get more.
+    assert "epochs" in train.from_preset
+
+
+@pytest.mark.parametrize(
+    ("recipe", "reference", "message"),
+    [("nope", False, "unknown recipe 'nope'"), ("hidden128", True, "give one")],
+)
+def test_a_recipe_is_refused_in_one_line_when_unknown_or_beside_reference(
+    recipe, reference, message
+) -> None:
+    with pytest.raises(UserError, match=message):
+        resolve({}, recipe=recipe, reference=reference)
