@@ -189,9 +189,7 @@ def choose_blend(
     keep = blended + 1.0 / len(val_target) < scaled
     if not keep:
         a, b = scale, 0.0
-    blend = Blend(
-        a, b, c, expand(weight, fitted.idf), bias, fitted.idf, fitted.word, buckets, keep
-    )
+    blend = Blend(a, b, c, expand(weight, fitted.idf), bias, fitted.idf, fitted.word, buckets, keep)
     return blend, {
         "c": c,
         "a": a,
