@@ -39,7 +39,7 @@ run | exec)
   cp -n runs/device/data/* ../shared/data/ 2>/dev/null || true
   export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
   python -c "import onnxruntime as o; o.preload_dlls(); print(o.__version__, o.get_available_providers())"
-  python -c "import polars, numba, sklearn; print('polars', polars.__version__, 'numba', numba.__version__)"
+  python -c "import polars, numba, sklearn, fasttext; print('polars', polars.__version__, 'numba', numba.__version__)"
   if [ "$mode" = exec ]; then
     exec "$@"
   fi

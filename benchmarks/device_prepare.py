@@ -4,7 +4,7 @@
 
 The host's image already has Python 3.12 with torch (CUDA 13), numpy, pyarrow, onnx, numba,
 llvmlite, psutil, hypothesis, scikit-learn, tqdm, typer and pytest, and the CPU build of
-onnxruntime. It lacks polars and onnxruntime-gpu: this downloads their cp312 manylinux wheels,
+onnxruntime. It lacks polars, onnxruntime-gpu and fastText: this downloads their cp312 wheels,
 unpacks them into one tree (a wheel is a zip; these have no ``.data`` folder, so unpacking is
 installing), packs that tree as one xz-compressed tar (about 3/4 of the wheels' size: the CUDA
 provider library compresses better under xz than under a wheel's deflate) and cuts the archive
@@ -29,7 +29,13 @@ from pathlib import Path
 
 from benchmarks.common import DEFAULT_REVIEWS, DEFAULT_SPLIT, REPO
 
-WHEELS = ["polars==2.1.0", "polars-runtime-32==2.1.0", "onnxruntime-gpu==1.31.1"]
+# fastText is the quality benchmark's peer (its tests run on the host too).
+WHEELS = [
+    "polars==2.1.0",
+    "polars-runtime-32==2.1.0",
+    "onnxruntime-gpu==1.31.1",
+    "fasttext-numpy2==0.10.4",
+]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux2014_x86_64"]
 ARCHIVE = "site.tar.xz"
 

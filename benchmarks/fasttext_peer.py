@@ -88,6 +88,7 @@ def fasttext_quality(
             Path(tmp) / "train.txt", texts_of(rows["train"]), label_index[rows["train"]]
         )
         grid: dict[str, float | None] = {}
+        val: dict[str, dict] = {}
         for epoch in EPOCHS:
             for lr in RATES:
                 try:
@@ -96,9 +97,11 @@ def fasttext_quality(
                     grid[f"epoch={epoch},lr={lr}"] = None
                     continue
                 probs = probabilities(model, texts_of(rows["val"]), classes)
-                grid[f"epoch={epoch},lr={lr}"] = float(
-                    (probs.argmax(1) == label_index[rows["val"]]).mean()
-                )
+                truth = label_index[rows["val"]]
+                grid[f"epoch={epoch},lr={lr}"] = float((probs.argmax(1) == truth).mean())
+                val[f"epoch={epoch},lr={lr}"] = rating_metrics(
+                    truth, probs.argmax(1), probs @ values, values
+                ).to_dict()
         # The best validation accuracy; a tie keeps the first (fewer epochs, lower rate).
         chosen = max((k for k, v in grid.items() if v is not None), key=lambda k: grid[k])
         epoch, lr = (float(v.split("=")[1]) for v in chosen.split(","))
@@ -120,6 +123,7 @@ def fasttext_quality(
         "chosen": {"epoch": int(epoch), "lr": lr, "val_accuracy": grid[chosen]},
         "refit_lr": refit_lr,
         "grid": grid,
+        "val": val[chosen],  # the chosen setting trained on the training rows alone
         "test": test.to_dict(),
         "test_rows": {"pred_index": probs.argmax(1), "expected": probs @ values},
         "train_seconds": time.perf_counter() - began,

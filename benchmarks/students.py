@@ -105,6 +105,31 @@ def changes_of(name: str) -> dict[str, object]:
 
 PRECISIONS = ("fp32", "int8")
 
+# Settings that change what a student learns but not its graph's shape: students that differ
+# only in these score at the same speed, so one of them stands for all in ``speed``.
+TRAINING_ONLY = frozenset({"epochs", "distill_weight", "distill_temperature"})
+
+
+def graph_of(name: str) -> str:
+    """The settings that shape a student's graph, as a key shared by same-cost students."""
+    changes = changes_of(name)
+    return json.dumps({k: v for k, v in changes.items() if k not in TRAINING_ONLY}, sort_keys=True)
+
+
+def speed_of(name: str, precision: str, speeds: dict[str, dict]) -> dict | None:
+    """A student's measured speed: its own, else that of a student with the same graph."""
+    if f"{name}/{precision}" in speeds:
+        return speeds[f"{name}/{precision}"]
+    for measured, rate in speeds.items():
+        other, _, p = measured.rpartition("/")
+        if p == precision and other in _known() and graph_of(other) == graph_of(name):
+            return rate
+    return None
+
+
+def _known() -> set[str]:
+    return {p.stem.rsplit("-s", 1)[0] for p in WORK.glob("*-s*.json")}
+
 
 def _record_path(name: str, seed: int) -> Path:
     return WORK / f"{name}-s{seed}.json"
@@ -206,14 +231,18 @@ def speed(
     repeats: int,
     cores: Sequence[int],
     precisions: Sequence[str] = PRECISIONS,
+    int8_for: Sequence[str] | None = None,
 ) -> dict:
-    """Every model (at each precision) and the two peers scoring the same ``rows`` reviews
-    end to end on ``cores`` (one worker and one inference thread per core), in rounds."""
+    """Every model (at each precision; int8 only for ``int8_for`` when given) and the two
+    peers scoring the same ``rows`` reviews end to end on ``cores`` (one worker and one
+    inference thread per core), in rounds."""
     path = corpus(rows)
     n = str(len(cores))
     contenders: dict[str, list[str]] = {}
     for name, model_dir in models.items():
         for precision in precisions:
+            if precision == "int8" and int8_for is not None and name not in int8_for:
+                continue
             contenders[f"{name}/{precision}"] = [
                 sys.executable, "-m", "scorer", "run", str(path), "--model", str(model_dir),
                 "--out", str(WORK / "scored.parquet"), "--overwrite", "--quiet", "--threads", n,
@@ -300,7 +329,7 @@ def peer_validation() -> dict[str, dict]:
     """The peers' validation accuracy and expected-rating RMSE, trained on the training
     rows with the settings their tuning chose (comparable with the students')."""
     from benchmarks.baseline import tfidf_logistic_regression
-    from benchmarks.fasttext_peer import fasttext_quality
+    from benchmarks.fasttext_peer import fasttext_quality_isolated
     from scorer.data import read_labels, read_split_file, read_table, read_texts
 
     frame = read_table(DEFAULT_REVIEWS)
@@ -309,7 +338,7 @@ def peer_validation() -> dict[str, dict]:
     split = read_split_file(DEFAULT_SPLIT, len(texts))
     ratings = np.asarray(labels.values)[labels.index]
     baseline = tfidf_logistic_regression(texts, ratings, split, labels.values)
-    peer = fasttext_quality(texts, labels.index, split, labels.values)
+    peer = fasttext_quality_isolated(texts, labels.index, split, labels.values)
     return {
         "TF-IDF + LR": {"C": baseline["C"], "val": baseline["val"]},
         "fastText": {"chosen": peer["chosen"], "val": peer["val"]},
@@ -331,6 +360,21 @@ def pareto(points: dict[str, tuple[float, float]]) -> list[str]:
     return sorted(front, key=lambda n: -points[n][0])
 
 
+def drawn(records: list[dict]) -> list[dict]:
+    """The students drawn on the map: for each graph, with and without a teacher, the one
+    whose validation loss is lowest (the others differ only in training settings)."""
+    best: dict[tuple[str, bool], dict] = {}
+    for r in records:
+        if r["seed"] != 0:
+            continue
+        key = (graph_of(r["name"]), "+kd" in r["name"])
+        loss = r["val_loss"] if r["val_loss"] is not None else r["val_loss_lstm"]
+        kept = best.get(key)
+        if kept is None or loss < (kept["val_loss"] or kept["val_loss_lstm"]):
+            best[key] = r
+    return sorted(best.values(), key=lambda r: r["name"])
+
+
 def report(plot: bool) -> Path:
     records = [json.loads(p.read_text()) for p in sorted(WORK.glob("*-s*.json"))]
     speeds = {}
@@ -339,31 +383,42 @@ def report(plot: bool) -> Path:
         speeds = json.loads(speed_file.read_text())
     peers_file = WORK / "peers.json"
     peers = json.loads(peers_file.read_text()) if peers_file.is_file() else {}
-    points = {}
-    for r in records:
+    # name -> (reviews/s per core, validation accuracy, validation expected-rating RMSE)
+    points: dict[str, tuple[float, float, float]] = {}
+    for r in drawn(records):
         for precision in PRECISIONS:
-            rate = speeds.get("contenders", {}).get(f"{r['name']}/{precision}")
-            if rate and r["seed"] == 0:
+            rate = speed_of(r["name"], precision, speeds.get("contenders", {}))
+            if rate:
+                v = r["val"][precision]
                 points[f"{r['name']}/{precision}"] = (
                     rate["reviews_per_s_per_core"],
-                    r["val"][precision]["accuracy"],
+                    v["accuracy"],
+                    v["rmse_expected"],
                 )
     for peer, facts in peers.items():
         rate = speeds.get("contenders", {}).get(peer)
         if rate:
-            points[peer] = (rate["reviews_per_s_per_core"], facts["val"]["accuracy"])
-    front = pareto(points)
+            v = facts["val"]
+            points[peer] = (rate["reviews_per_s_per_core"], v["accuracy"], v["rmse_expected"])
+    front = pareto({n: (s, acc) for n, (s, acc, _) in points.items()})
+    front_rmse = pareto({n: (s, -rmse) for n, (s, _, rmse) in points.items()})
     payload = {
         "machine": speeds.get("machine", machine()),
         "rows": speeds.get("rows"),
         "students": records,
         "peers": peers,
         "speed": speeds.get("contenders", {}),
+        "drawn": [r["name"] for r in drawn(records)],
+        # The bundled models (before and now) and fastText, in their own interleaved runs.
+        "headline": {
+            p.stem: json.loads(p.read_text()) for p in sorted(WORK.glob("headline*.json"))
+        },
         "pareto_front": front,
+        "pareto_front_rmse": front_rmse,
     }
     path = save("students", payload)
     if plot:
-        draw(payload, points, front, path.with_suffix(".png"))
+        draw(points, {"accuracy": front, "RMSE": front_rmse}, path.with_suffix(".png"))
     _print_table(payload, front)
     return path
 
@@ -373,7 +428,7 @@ def _print_table(payload: dict, front: list[str]) -> None:
     for r in sorted(payload["students"], key=lambda r: (r["name"], r["seed"])):
         for precision in PRECISIONS:
             key = f"{r['name']}/{precision}"
-            rate = speeds.get(key, {}).get("reviews_per_s_per_core")
+            rate = (speed_of(r["name"], precision, speeds) or {}).get("reviews_per_s_per_core")
             v = r["val"][precision]
             print(
                 f"{key:24s} s{r['seed']} val acc {v['accuracy']:.4f} RMSE(exp) "
@@ -390,22 +445,20 @@ def _print_table(payload: dict, front: list[str]) -> None:
         )
 
 
-def draw(payload: dict, points: dict, front: list[str], path: Path) -> None:
+def draw(
+    points: dict[str, tuple[float, float, float]], fronts: dict[str, list[str]], path: Path
+) -> None:
+    """Validation accuracy and expected-rating RMSE against reviews/s per core, each panel
+    with its own Pareto front."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rmse = {}
-    for r in payload["students"]:
-        for precision in PRECISIONS:
-            rmse[f"{r['name']}/{precision}"] = r["val"][precision]["rmse_expected"]
-    for peer, facts in payload["peers"].items():
-        rmse[peer] = facts["val"]["rmse_expected"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
-    for ax, metric in zip(axes, ("accuracy", "expected-rating RMSE"), strict=True):
-        for name, (rate, accuracy) in points.items():
-            y = accuracy if metric == "accuracy" else rmse[name]
+    for ax, front, column in zip(axes, fronts.values(), (1, 2), strict=True):
+        for name, point in points.items():
+            rate, y = point[0], point[column]
             peer = "/" not in name
             ax.scatter(
                 rate,
@@ -416,16 +469,16 @@ def draw(payload: dict, points: dict, front: list[str], path: Path) -> None:
             )
             ax.annotate(name.replace("/fp32", ""), (rate, y), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")  # fmt: skip
-        if metric == "accuracy":
-            ax.plot(*zip(*sorted(points[n] for n in front), strict=True), "g--", lw=1)
+        line = sorted((points[n][0], points[n][column]) for n in front)
+        ax.plot(*zip(*line, strict=True), "g--", lw=1)
         ax.set(
             xscale="log",
             xlabel="scorer run end to end, reviews/s on one core (log)",
-            ylabel=f"validation {metric}",
+            ylabel=f"validation {'accuracy' if column == 1 else 'expected-rating RMSE'}",
         )
         ax.grid(alpha=0.3)
     axes[0].set_title("accuracy (green: Pareto front; ^ int8; squares: peers)")
-    axes[1].set_title("expected-rating RMSE (lower is better)")
+    axes[1].set_title("expected-rating RMSE, lower is better (green: its Pareto front)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -451,6 +504,7 @@ def main(argv: list[str] | None = None) -> None:
         "--model", action="append", default=[], metavar="NAME=DIR", help="another model dir"
     )
     run.add_argument("--precisions", nargs="+", default=list(PRECISIONS))
+    run.add_argument("--int8-for", nargs="*", default=None, help="int8 for these models only")
     run.add_argument("--save-as", default="speed", help="record name under runs/bench/students")
     rec = sub.add_parser("record", help="record a model trained elsewhere as a student")
     rec.add_argument("name")
@@ -485,7 +539,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         models = {name: WORK / f"{name}-s{args.seed}" for name in names}
         models |= dict(item.split("=", 1) for item in args.model)
-        contenders = speed(models, args.rows, args.repeats, args.cores, args.precisions)
+        contenders = speed(
+            models, args.rows, args.repeats, args.cores, args.precisions, args.int8_for
+        )
         payload = {
             "machine": machine(),
             "rows": args.rows,
