@@ -189,6 +189,21 @@ def dataset_options(args, i: int, data: Path) -> tuple[str, Path | None, tuple[s
     return name, split, text, label
 
 
+def settings(args) -> dict[str, object]:
+    """``--set KEY=VALUE`` (a JSON value): recipe settings that every training takes over the
+    default's, e.g. ``--set hidden_dim=48``."""
+    import json
+
+    parsed = {}
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        try:
+            parsed[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key.replace("-", "_")] = value
+    return parsed
+
+
 def data_quality(args) -> dict[str, object]:
     """--data mode: each file's default model over seeds against the baseline."""
     from benchmarks.quality_data import dataset_quality, markdown
@@ -196,7 +211,7 @@ def data_quality(args) -> dict[str, object]:
     results = []
     for i, data in enumerate(args.data):
         name, split, text, label = dataset_options(args, i, data)
-        options = {"threads": args.threads} if args.threads else None
+        options = {**({"threads": args.threads} if args.threads else {}), **settings(args)}
         results.append(
             dataset_quality(
                 name, data, text, label, split, args.seeds, WORK, options, args.from_runs
@@ -206,6 +221,8 @@ def data_quality(args) -> dict[str, object]:
     print(table)
     names = "-".join(r["name"] for r in results)
     payload = {"machine": machine(), "seeds": args.seeds, "datasets": results}
+    if settings(args):
+        payload["settings"] = settings(args)
     if args.from_runs:
         payload["from_runs"] = args.from_runs
     path = save(args.save_as or f"quality-{names}", payload)
@@ -228,6 +245,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--name", nargs="*", default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=None, help="torch threads per training")
+    parser.add_argument(
+        "--set", action="append", default=None, metavar="KEY=VALUE",
+        help="--data: a recipe setting for every training (a JSON value), e.g. hidden_dim=48",
+    )  # fmt: skip
     parser.add_argument(
         "--from-runs",
         default=None,

@@ -326,3 +326,20 @@ def test_training_ab_alternates_sides_and_takes_medians(capsys) -> None:
     assert [r["epoch_seconds"] for r in result["runs"]["a"]] == [10.0, 30.0, 20.0]
     assert result["threads"] == 1 and result["median"] is medians
     assert capsys.readouterr().out.count("repeat ") == 6
+
+
+@pytest.mark.parametrize(
+    ("given", "settings"),
+    [
+        (None, {}),
+        (["hidden_dim=48"], {"hidden_dim": 48}),
+        (["distill-weight=0.5", "blend=false"], {"distill_weight": 0.5, "blend": False}),
+        (["marks=!?"], {"marks": "!?"}),  # not JSON: taken as text
+    ],
+)
+def test_quality_takes_recipe_settings_for_every_training(given, settings) -> None:
+    import argparse
+
+    from benchmarks.quality import settings as parse
+
+    assert parse(argparse.Namespace(set=given)) == settings
