@@ -120,15 +120,21 @@ def speed_of(name: str, precision: str, speeds: dict[str, dict]) -> dict | None:
     """A student's measured speed: its own, else that of a student with the same graph."""
     if f"{name}/{precision}" in speeds:
         return speeds[f"{name}/{precision}"]
+    graph = graph_of(name)
     for measured, rate in speeds.items():
         other, _, p = measured.rpartition("/")
-        if p == precision and other in _known() and graph_of(other) == graph_of(name):
+        if p == precision and _student(other) and graph_of(other) == graph:
             return rate
     return None
 
 
-def _known() -> set[str]:
-    return {p.stem.rsplit("-s", 1)[0] for p in WORK.glob("*-s*.json")}
+def _student(name: str) -> bool:
+    """Whether a contender's name is a student's (not a peer's or another model dir's)."""
+    try:
+        changes_of(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _record_path(name: str, seed: int) -> Path:

@@ -84,3 +84,13 @@ def test_each_graph_draws_its_lowest_validation_loss_with_and_without_a_teacher(
 )
 def test_the_pareto_front_keeps_what_nothing_beats_on_both(points: dict, front: list) -> None:
     assert pareto(points) == front
+
+
+def test_a_student_takes_the_speed_of_another_with_its_graph() -> None:
+    from benchmarks.students import speed_of
+
+    speeds = {"h32+kd/fp32": {"rate": 1}, "h32+kd/int8": {"rate": 2}, "bundled/fp32": {}}
+    assert speed_of("h32@e12", "fp32", speeds) == {"rate": 1}
+    assert speed_of("h32", "int8", speeds) == {"rate": 2}
+    assert speed_of("h48", "fp32", speeds) is None  # another graph; "bundled" is no student
+    assert speed_of("h32-no-blend", "fp32", speeds) is None
