@@ -10,49 +10,16 @@ import numpy as np
 import polars as pl
 
 from scorer.errors import UserError
+from scorer.sources import open_source, require_columns
 
 DEFAULT_TEXT_COLUMNS = ("Title", "Review Text")
 DEFAULT_LABEL_COLUMN = "Rating"
 SPLITS = ("train", "val", "test")
-_READERS = {
-    ".csv": pl.read_csv,
-    ".parquet": pl.read_parquet,
-    ".pq": pl.read_parquet,
-    ".ndjson": pl.read_ndjson,
-    ".jsonl": pl.read_ndjson,
-}
 
 
-def read_table(path: Path, columns: Sequence[str] | None = None) -> pl.DataFrame:
-    """Read a CSV, Parquet or NDJSON file (by suffix) whole; ``columns`` must all exist."""
-    path = Path(path)
-    reader = _READERS.get(path.suffix.lower())
-    if reader is None:
-        known = ", ".join(_READERS)
-        raise UserError(f"{path}: unsupported file type {path.suffix!r} (use {known})")
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    try:
-        frame = (
-            pl.read_csv(path, infer_schema_length=10_000, encoding="utf8-lossy")
-            if reader is pl.read_csv
-            else reader(path)
-        )
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: cannot read: {first}") from None
-    if columns:
-        require_columns(frame.columns, columns, path)
-    return frame
-
-
-def require_columns(available: Sequence[str], wanted: Sequence[str], source: Path | str) -> None:
-    missing = [c for c in wanted if c not in available]
-    if missing:
-        raise UserError(
-            f"{source}: no column {', '.join(map(repr, missing))}; "
-            f"columns are: {', '.join(map(repr, available))}"
-        )
+def read_table(path: Path | str, columns: Sequence[str] | None = None) -> pl.DataFrame:
+    """A whole input (any that ``scorer.sources`` reads); ``columns`` must all exist."""
+    return open_source(path).frame(columns)
 
 
 def text_expr(columns: Sequence[str], schema: pl.Schema) -> pl.Expr:

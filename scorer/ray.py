@@ -3,7 +3,7 @@ with each row's global input position.
 
     import ray, scorer.ray as sr
     model = ray.put(sr.ModelBundle.read("model/"))      # the driver reads the model once
-    ds = sr.read_reviews(["s3://bucket/reviews/"], ["Title", "Review Text", "id"])
+    ds = sr.read_reviews("s3://bucket/reviews/", ["Title", "Review Text", "id"])
     scored = ds.map_batches(
         sr.RatingPredictor,
         fn_constructor_kwargs={"model": model, "keep_columns": ["id"]},
@@ -16,15 +16,13 @@ with each row's global input position.
 The predictor runs the same steps as ``scorer run`` (``scorer.scoring``: the checked model
 directory, the tokenizer kernel, the same ``OnnxScorer`` and ``OutputSpec``), so a row gets
 the same numbers either way. Ray's own ``read_parquet`` cannot tell a row its position in
-the input, so ``read_reviews`` plans one read unit per Parquet row group from the footers
-(on the driver) and reads the units with pyarrow in Ray tasks: any path, directory, glob or
-URI pyarrow understands (``s3://``, ``gs://``, ``hdfs://``).
+the input, so ``read_reviews`` plans read units of known rows on the driver and reads them
+in Ray tasks through ``scorer.sources`` (the reader ``scorer run`` uses): any input it
+takes, local or in an object store.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,15 +31,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
-from scorer.errors import UserError
 from scorer.model_dir import CONFIG, FINGERPRINT, VOCAB, ModelDir
+from scorer.sources import Source, open_source
 
 ROW = "__scorer_row"  # a row's global input position, carried from the read to the output
 LOSSY = "__scorer_lossy"  # whether the row held invalid UTF-8 (kept only when asked for)
-PARQUET = (".parquet", ".pq")
 
 
 @dataclass(frozen=True)
@@ -151,120 +146,51 @@ def _large(field: pa.Field) -> pa.Field:
 # --- inputs ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RemoteFile:
-    """A Parquet file on any pyarrow filesystem, with its footer facts."""
-
-    uri: str
-    path: str
-    bytes: int
-    mtime_ns: int
-    rows: int
-    row_groups: tuple[int, ...]
-
-    def fingerprint(self) -> dict[str, object]:
-        return {"path": self.uri, "bytes": self.bytes, "mtime_ns": self.mtime_ns}
-
-
-def _filesystem(spec: str) -> tuple[pafs.FileSystem, str, str]:
-    """(filesystem, path inside it, URI prefix) for a local path or a URI."""
-    if "://" in spec:
-        try:
-            fs, path = pafs.FileSystem.from_uri(spec)
-        except (pa.ArrowException, ValueError) as exc:
-            raise UserError(f"{spec}: {str(exc).splitlines()[0]}") from None
-        return fs, path, spec[: spec.index("://") + 3]
-    return pafs.LocalFileSystem(), os.path.abspath(spec), ""
-
-
-def list_parquet(specs: Sequence[str]) -> tuple[pafs.FileSystem, list[RemoteFile]]:
-    """The Parquet files of paths, directories, globs or URIs, in sorted order per spec, with
-    their footers read (a corrupt footer is a one-line error, before anything runs)."""
-    found: list[RemoteFile] = []
-    filesystem: pafs.FileSystem | None = None
-    for spec in specs:
-        fs, path, scheme = _filesystem(str(spec))
-        filesystem = filesystem or fs
-        pattern = path if any(ch in path for ch in "*?[") else None
-        base = path[: min(path.index(ch) for ch in "*?[" if ch in path)] if pattern else path
-        info = fs.get_file_info(base.rsplit("/", 1)[0] if pattern else base)
-        if info.type == pafs.FileType.NotFound:
-            raise UserError(f"{spec}: no such file or directory")
-        if pattern or info.type == pafs.FileType.Directory:
-            root = base.rsplit("/", 1)[0] if pattern else base
-            entries = fs.get_file_info(pafs.FileSelector(root, recursive=pattern is None))
-            paths = sorted(
-                e.path
-                for e in entries
-                if e.type == pafs.FileType.File
-                and (fnmatch.fnmatch(e.path, pattern) if pattern else e.path.endswith(PARQUET))
-            )
-        else:
-            paths = [path]
-        if not paths:
-            raise UserError(f"{spec}: no Parquet files")
-        for item in paths:
-            found.append(_footer(fs, item, scheme))
-    assert filesystem is not None
-    return filesystem, found
-
-
-def _footer(fs: pafs.FileSystem, path: str, scheme: str) -> RemoteFile:
-    info = fs.get_file_info(path)
-    uri = f"{scheme}{path}" if scheme else path
-    if not path.lower().endswith(PARQUET):
-        raise UserError(f"{uri}: --engine ray reads Parquet files only")
-    try:
-        with fs.open_input_file(path) as handle:
-            metadata = pq.ParquetFile(handle).metadata
-    except (pa.ArrowException, OSError) as exc:
-        raise UserError(f"cannot read {uri}: {str(exc).strip().splitlines()[0]}") from None
-    groups = tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
-    mtime = info.mtime_ns if info.mtime_ns is not None else 0
-    return RemoteFile(uri, path, info.size or 0, mtime, metadata.num_rows, groups)
-
-
-def file_schema(fs: pafs.FileSystem, file: RemoteFile) -> pa.Schema:
-    with fs.open_input_file(file.path) as handle:
-        return pq.ParquetFile(handle).schema_arrow
-
-
-def read_units(files: Sequence[RemoteFile]) -> list[dict[str, object]]:
-    """One unit per row group: which file, which group, and its first row's global position."""
+def read_units(source: Source, unit_rows: int) -> list[dict[str, object]]:
+    """Read units over the input's rows, each with its first row's global position: Parquet
+    files in runs of ``unit_rows`` (polars skips to a run's row group), other files whole
+    (a CSV slice would parse everything before it)."""
     units, offset = [], 0
-    for index, file in enumerate(files):
-        for group, rows in enumerate(file.row_groups):
-            if rows:
-                units.append({"file": index, "group": group, "start": offset, "rows": rows})
-            offset += rows
+    for index, rows in enumerate(source.file_rows()):
+        step = unit_rows if source.kind == "parquet" else max(rows, 1)
+        for begin in range(0, rows, step):
+            count = min(step, rows - begin)
+            units.append({"file": index, "begin": begin, "start": offset + begin, "rows": count})
+        offset += rows
     return units
 
 
 def read_unit_batch(
-    units: pa.Table, fs: pafs.FileSystem, paths: Sequence[str], columns: Sequence[str]
+    units: pa.Table, source: Source, columns: Sequence[str], text_columns: Sequence[str]
 ) -> pa.Table:
-    """Read units (a map_batches task): each row group's columns plus ``ROW``."""
+    """Read units (a map_batches task): their columns through the input's ``Source``, plus
+    ``ROW``."""
     tables = []
     for unit in units.to_pylist():
-        with fs.open_input_file(paths[unit["file"]]) as handle:
-            table = pq.ParquetFile(handle).read_row_group(unit["group"], columns=list(columns))
+        table = source.read_range(unit["file"], unit["begin"], unit["rows"], columns, text_columns)
         start = unit["start"]
         positions = pa.array(np.arange(start, start + table.num_rows, dtype=np.int64))
         tables.append(table.append_column(ROW, positions))
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def read_reviews(inputs: Sequence[str] | str, columns: Sequence[str], *, units=None):
-    """A Ray Dataset of the inputs' ``columns`` plus ``ROW``, one block per row group
-    (``units``: only these read units, e.g. those a resumed run still needs)."""
+def read_reviews(
+    source: Source | str,
+    columns: Sequence[str],
+    text_columns: Sequence[str] = (),
+    *,
+    units: list[dict[str, object]] | None = None,
+    unit_rows: int = 50_000,
+):
+    """A Ray Dataset of the input's ``columns`` plus ``ROW``, one block per read unit
+    (``units``: only these, e.g. those a resumed run still needs)."""
     import ray.data
 
-    specs = [inputs] if isinstance(inputs, str) else list(inputs)
-    fs, files = list_parquet(specs)
-    units = read_units(files) if units is None else units
+    source = open_source(source) if isinstance(source, str) else source
+    units = read_units(source, unit_rows) if units is None else units
     return ray.data.from_items(units, override_num_blocks=max(len(units), 1)).map_batches(
         read_unit_batch,
-        fn_kwargs={"fs": fs, "paths": [f.path for f in files], "columns": list(columns)},
+        fn_kwargs={"source": source, "columns": list(columns), "text_columns": list(text_columns)},
         batch_format="pyarrow",
         batch_size=None,
     )

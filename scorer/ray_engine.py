@@ -1,6 +1,6 @@
 """`scorer run --engine ray`: the same scoring, on a Ray cluster (or a local Ray instance).
 
-Read units (one per Parquet row group, planned from the footers on the driver) flow through
+Read units (runs of ``--chunk-rows`` input rows, planned on the driver) flow through
 read tasks -> an actor pool of ``scorer.ray.RatingPredictor`` -> write tasks. Each write task
 publishes its part under ``.OUT.partial/`` atomically, named by the input rows it holds, as
 the local engine does; when every input row is covered, the directory is renamed to ``OUT``
@@ -26,13 +26,7 @@ from scorer.errors import UserError
 from scorer.io import lock_output
 from scorer.model_dir import ModelDir, resolve_model_dir
 from scorer.output import trusted_parts
-from scorer.ray import (
-    ModelBundle,
-    RatingPredictor,
-    file_schema,
-    list_parquet,
-    read_reviews,
-)
+from scorer.ray import ModelBundle, RatingPredictor, read_reviews
 from scorer.ray_output import (
     already_complete,
     lossy_in_parts,
@@ -42,7 +36,12 @@ from scorer.ray_output import (
     write_parts,
 )
 from scorer.run import RunJob, RunSummary, output_beside, partial_dir
-from scorer.sources import check_schemas, default_keep_columns, resolve_text_columns
+from scorer.sources import (
+    check_columns,
+    default_keep_columns,
+    open_source,
+    resolve_text_columns,
+)
 
 # A pipeline that makes no progress this long is stuck (e.g. a cluster without the resources
 # the pool asked for): fail it with Ray's timeout error rather than hang a nightly job.
@@ -145,11 +144,14 @@ def run_on_ray(
     """Score ``job.input`` on Ray into a Parquet directory (see the module docstring).
     ``predictor``: a ``RatingPredictor`` subclass (tests inject faults with one)."""
     began = time.perf_counter()
-    fs, files = list_parquet([job.input])
+    if job.chunk_rows < 1:
+        raise UserError("--chunk-rows must be >= 1")
+    source = open_source(job.input)
+    files = source.files
     if job.out is None:
-        if "://" in job.input:
+        if files[0].remote:
             raise UserError("--engine ray with a URI input needs --out (a shared filesystem path)")
-        out = output_beside(job.input, Path(files[0].path))
+        out = output_beside(job.input, files[0].path)
     else:
         out = Path(job.out)
     if "://" in str(job.out or ""):
@@ -164,18 +166,18 @@ def run_on_ray(
         raise UserError(f"{out} already exists; pass --overwrite (or --resume)")
     model_dir = resolve_model_dir(job.model_dir)
     card = ModelDir.open(model_dir).card
-    schema = file_schema(fs, files[0])
+    schema = source.schema
     text_columns, note = resolve_text_columns(
         schema, job.text_columns or card.text_columns, explicit=bool(job.text_columns)
     )
     if note:
         print(f"scorer: {note}", flush=True)
     keep = tuple(job.keep_columns if job.keep_columns is not None else default_keep_columns(schema))
-    check_schemas(((f.uri, file_schema(fs, f)) for f in files), text_columns, keep)
-    total = sum(f.rows for f in files)
+    check_columns(source, text_columns, keep)
+    total = sum(source.file_rows())
     parts_dir = partial_dir(out)
     with lock_output(parts_dir, label=out, directory=True):
-        units = pending_units(job, parts_dir, files, model_dir)
+        units = pending_units(job, parts_dir, source, model_dir)
         ray = start_ray(address)
         resources = ray.cluster_resources()
         device = _device(job, resources)
@@ -190,7 +192,7 @@ def run_on_ray(
             # (the named parameters that replace them do not exist yet in 2.60).
             warnings.simplefilter("ignore", DeprecationWarning)
             scored = _pipeline(
-                read_reviews([job.input], columns, units=units), ray, bundle, device, job,
+                read_reviews(source, columns, text_columns, units=units), ray, bundle, device, job,
                 text_columns, keep, sizing, predictor,
             )  # fmt: skip
         written = scored.map_batches(

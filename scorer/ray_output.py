@@ -27,6 +27,7 @@ from scorer.model_dir import ModelDir
 from scorer.output import LOSSY_KEY, part_name, write_part
 from scorer.ray import LOSSY, read_units
 from scorer.run import RunJob, RunSummary, manifest_path
+from scorer.sources import Source
 
 _PART = re.compile(r"part-(\d{12})-(\d{12})\.parquet$")
 
@@ -67,16 +68,16 @@ def already_complete(out: Path, began: float) -> RunSummary:
     )
 
 
-def pending_units(job: RunJob, parts_dir: Path, files, model_dir: Path) -> list[dict]:
+def pending_units(job: RunJob, parts_dir: Path, source: Source, model_dir: Path) -> list[dict]:
     """The read units still to score: all of them for a fresh run; for ``--resume``, those
     whose rows the whole parts left by an interrupted run do not cover."""
     card = ModelDir.open(model_dir).card
     state = {
-        "inputs": [f.fingerprint() for f in files],
+        "inputs": [f.fingerprint() for f in source.files],
         "model": {name: entry.get("sha256") for name, entry in sorted(card.graphs.items())},
         "engine": "ray",
     }
-    units = read_units(files)
+    units = read_units(source, job.chunk_rows)
     saved_path = parts_dir / "state.json"
     if job.resume and saved_path.is_file():
         try:

@@ -132,6 +132,8 @@ def plan_run(job: RunJob, model: LoadedModel | None = None) -> Plan:
     if job.chunk_rows < 1:
         raise UserError("--chunk-rows must be >= 1")
     source = open_source(job.input)
+    if job.out is None and source.files[0].remote:
+        raise UserError(f"{job.input} is in an object store: name the output with --out")
     out = Path(job.out) if job.out is not None else output_beside(job.input, source.files[0].path)
     _check_output(job, out)
     model_dir = resolve_model_dir(job.model_dir)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from scorer import kernels
 from scorer.config import FORMAT_VERSION, ModelCard
@@ -26,6 +27,7 @@ from scorer.errors import UserError
 from scorer.model_dir import ModelDir
 from scorer.onnx_file import MalformedOnnx, read_facts
 from scorer.session import OnnxScorer, open_scorer
+from scorer.sources import is_text_type
 from scorer.text import TextColumns, encode_ids
 from scorer.vocab import Vocab
 
@@ -180,7 +182,7 @@ def _as_text(column: pa.Array) -> pa.Array:
 def encode_chunk(chunk: Chunk, text_columns: Sequence[str], keep: Sequence[str], model) -> Chunk:
     ids, lengths, invalid = encode_table(chunk.table, text_columns, model)
     kept, kept_invalid = repair_utf8(chunk.table.select(list(keep)))
-    flags = invalid | kept_invalid
+    flags = invalid | kept_invalid | replaced_rows(chunk.table, [*text_columns, *keep])
     return replace(
         chunk,
         table=kept,
@@ -216,6 +218,18 @@ def repair_utf8(table: pa.Table) -> tuple[pa.Table, np.ndarray]:
             flags |= bad
         columns.append(array)
     return pa.table(columns, schema=table.schema), flags
+
+
+def replaced_rows(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
+    """Rows whose text holds U+FFFD: what the reader's lossy decoding left of invalid bytes
+    (indistinguishable from a replacement character already in the input)."""
+    flags = np.zeros(table.num_rows, dtype=np.bool_)
+    for name in dict.fromkeys(columns):
+        column = table.column(name)
+        if is_text_type(column.type) and column.null_count < len(column):
+            found = pc.match_substring(column, "\ufffd")
+            flags |= found.fill_null(False).to_numpy(zero_copy_only=False)
+    return flags
 
 
 def invalid_utf8_rows(array: pa.Array) -> np.ndarray:

@@ -1,8 +1,15 @@
-"""Streaming input: Parquet (file, directory or glob), CSV, NDJSON, as Arrow record batches.
+"""The one reader: every input is a polars lazy scan.
 
-Text bytes are passed through unvalidated (pyarrow's CSV reader with ``check_utf8=False``;
-its Parquet and NDJSON readers do not validate), so invalid UTF-8 reaches the tokenizer
-kernel, which reads it exactly as a lossy decode would and flags the row.
+Parquet, CSV and NDJSON; a file, a folder (hive partitions included), a glob, or an
+object-store URL (``s3://``, ``gs://``, ``az://``, ``https://``) with the credentials polars
+finds in the usual places (environment, profile files, instance metadata). Training, the
+vocabulary, ``scorer eval``, ``scorer run`` and the Ray engine all read through ``Source``,
+so they see the same rows, types and text.
+
+Text is decoded one way: polars decodes CSV lossily (an invalid byte sequence becomes
+U+FFFD), and scoring counts the rows whose text holds U+FFFD. Parquet and JSON are UTF-8 by
+their specifications; polars refuses a file that breaks this, and so does ``Source``, in one
+line naming the file.
 """
 
 from __future__ import annotations
@@ -12,39 +19,52 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
-import pyarrow.csv as pa_csv
-import pyarrow.json as pa_json
-import pyarrow.parquet as pq
 
 from scorer.errors import UserError
 
 PARQUET = (".parquet", ".pq")
 CSV = (".csv",)
 NDJSON = (".ndjson", ".jsonl")
-# Read blocks for CSV and NDJSON: large enough to amortize, small enough to stay flat.
-BLOCK_BYTES = 16 << 20
+SUFFIXES = {"parquet": PARQUET, "csv": CSV, "ndjson": NDJSON}
+# Rows polars reads to infer a CSV or NDJSON column's type.
+INFER_ROWS = 10_000
 # When the model's text columns are absent, one of these (any case) is taken, if unambiguous.
 COMMON_TEXT_NAMES = ("text", "review", "review_text", "body", "content")
 ID_NAMES = ("id", "review_id", "reviewid")
+_PATH_COLUMN = "__scorer_file"
+# What polars raises for a file it cannot read (a panic is a BaseException, so named here).
+_READ_ERRORS = (pl.exceptions.PolarsError, OSError, pl.exceptions.PanicException)
 
 
 @dataclass(frozen=True)
 class InputFile:
-    path: Path
-    bytes: int
-    mtime_ns: int
+    """One file (or, for an object-store CSV or NDJSON input, the URL polars expands)."""
+
+    location: str
+    bytes: int | None = None
+    mtime_ns: int | None = None
+    rows: int | None = None
+
+    @property
+    def remote(self) -> bool:
+        return is_url(self.location)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.location)
 
     def fingerprint(self) -> dict[str, object]:
-        return {"path": str(self.path.resolve()), "bytes": self.bytes, "mtime_ns": self.mtime_ns}
+        """What a resumed run checks: size and mtime locally; row count in an object store,
+        where they are not known without another client."""
+        if self.remote:
+            return {"path": self.location, "rows": self.rows}
+        return {"path": self.location, "bytes": self.bytes, "mtime_ns": self.mtime_ns}
 
-    def changed(self) -> bool:
-        """Whether the file on disk differs (size or mtime) from when it was opened."""
-        try:
-            stat = self.path.stat()
-        except OSError:
-            return True
-        return (stat.st_size, stat.st_mtime_ns) != (self.bytes, self.mtime_ns)
+
+def is_url(spec: str) -> bool:
+    return "://" in spec
 
 
 def is_text_type(kind: pa.DataType) -> bool:
@@ -70,13 +90,58 @@ def _castable_to_text(kind: pa.DataType) -> bool:
     )
 
 
+def arrow_schema(schema: pl.Schema) -> pa.Schema:
+    """polars' schema as the Arrow types the batches arrive in (text as large_string)."""
+    empty = pl.DataFrame(schema=schema)
+    return empty.to_arrow(compat_level=pl.CompatLevel.oldest()).schema
+
+
 @dataclass(frozen=True)
 class Source:
-    """One logical table over one or more files of the same format and schema."""
+    """One logical table over one or more files of one format; ``schema`` is the first
+    file's (others are checked against it by ``check_columns``)."""
 
-    files: tuple[InputFile, ...]
+    spec: str
     kind: str
+    files: tuple[InputFile, ...]
     schema: pa.Schema
+    hive: bool = False
+
+    def scan(
+        self, files: Sequence[InputFile] | None = None, text: Sequence[str] = ()
+    ) -> pl.LazyFrame:
+        """A lazy scan of ``files`` (default: all), in order; CSV ``text`` columns are read
+        as text whatever they look like."""
+        locations = [f.location for f in (files if files is not None else self.files)]
+        target: str | list[str] = locations[0] if len(locations) == 1 else locations
+        if self.kind == "parquet":
+            return pl.scan_parquet(target, hive_partitioning=self.hive or None)
+        if self.kind == "csv":
+            return pl.scan_csv(
+                target,
+                encoding="utf8-lossy",
+                infer_schema_length=INFER_ROWS,
+                schema_overrides=dict.fromkeys(text, pl.String) or None,
+            )
+        return pl.scan_ndjson(target, infer_schema_length=INFER_ROWS)
+
+    def _select(self, lazy: pl.LazyFrame, columns: Sequence[str], text: Sequence[str]):
+        """``columns``, the text ones (and kept text) as String, others as they are."""
+        exprs = []
+        for name in columns:
+            kind = self.schema.field(name).type
+            exprs.append(
+                pl.col(name).cast(pl.String) if name in text or is_text_type(kind) else pl.col(name)
+            )
+        return lazy.select(exprs)
+
+    def frame(self, columns: Sequence[str] | None = None) -> pl.DataFrame:
+        """The whole input (training and the vocabulary read it so)."""
+        lazy = self.scan()
+        if columns is not None:
+            require_columns(self.schema.names, columns, self.describe())
+            lazy = lazy.select(list(columns))
+        return self._collect(lambda: lazy.collect())
 
     def batches(
         self,
@@ -86,107 +151,57 @@ class Source:
         chunk_rows: int,
         skip_rows: int = 0,
     ) -> Iterator[pa.Table]:
-        """Tables of exactly ``chunk_rows`` rows (the last may be shorter) holding
-        ``columns``, in input order, after the first ``skip_rows`` rows. Text columns, and
-        kept columns holding text, come as ``large_string``; others as in the first file."""
-        target = pa.schema(
-            [
-                pa.field(name, pa.large_string())
-                if name in text_columns or is_text_type(self.schema.field(name).type)
-                else self.schema.field(name)
-                for name in columns
-            ]
-        )
-        try:
-            raw = self._raw_batches(list(columns), skip_rows)
-            yield from _rechunk((_conform(b, target) for b in raw), chunk_rows)
-        except (pa.ArrowException, OSError) as exc:
-            raise UserError(f"cannot read {self.describe()}: {_first_line(exc)}") from None
+        """Tables of ``chunk_rows`` rows (the last may be shorter) holding ``columns``, in
+        input order, after the first ``skip_rows`` rows (Parquet skips whole row groups
+        unread). Text columns, and kept columns holding text, come as ``large_string``."""
+        lazy = self._select(self.scan(text=text_columns), columns, text_columns)
+        if skip_rows:
+            lazy = lazy.slice(skip_rows)
+        frames = lazy.collect_batches(chunk_size=chunk_rows, maintain_order=True)
+        while True:
+            frame = self._collect(lambda: next(frames, None))
+            if frame is None:
+                return
+            yield frame.to_arrow(compat_level=pl.CompatLevel.oldest())
 
-    def _raw_batches(self, columns: list[str], skip: int) -> Iterator[pa.RecordBatch]:
-        for file in self.files:
-            if self.kind == "parquet":
-                reader = pq.ParquetFile(file.path, pre_buffer=False)
-                # Whole row groups before the resume point are never read.
-                groups, skip = _groups_after(reader.metadata, skip)
-                if not groups:
-                    continue
-                batches = reader.iter_batches(batch_size=65_536, row_groups=groups, columns=columns)
-            else:
-                batches = iter(_open_text_file(self.kind, file.path, columns))
-            for batch in batches:
-                if skip >= batch.num_rows:
-                    skip -= batch.num_rows
-                    continue
-                if skip:
-                    batch, skip = batch.slice(skip), 0
-                yield batch.select(columns)
+    def read_range(
+        self, index: int, start: int, rows: int, columns: Sequence[str], text: Sequence[str]
+    ) -> pa.Table:
+        """Rows ``start .. start + rows`` of file ``index`` (a Ray read unit)."""
+        lazy = self._select(self.scan([self.files[index]], text), columns, text)
+        frame = self._collect(lambda: lazy.slice(start, rows).collect())
+        return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+
+    def file_rows(self) -> list[int]:
+        """Each file's rows (Parquet: from the footers; otherwise by reading it)."""
+        if all(f.rows is not None for f in self.files):
+            return [int(f.rows) for f in self.files]  # type: ignore[arg-type]
+        return [
+            self._collect(lambda f=f: self.scan([f]).select(pl.len()).collect().item())
+            for f in self.files
+        ]
 
     def count_rows(self) -> int | None:
         """Rows in the input when cheap to know (Parquet footers), else None."""
         if self.kind != "parquet":
             return None
-        try:
-            return sum(pq.ParquetFile(f.path).metadata.num_rows for f in self.files)
-        except (pa.ArrowException, OSError) as exc:
-            raise UserError(f"cannot read {self.describe()}: {_first_line(exc)}") from None
+        return sum(self.file_rows())
+
+    def file_schemas(self) -> Iterator[tuple[str, pa.Schema]]:
+        yield self.files[0].location, self.schema
+        for file in self.files[1:]:
+            yield file.location, arrow_schema(self._collect(self.scan([file]).collect_schema))
 
     def describe(self) -> str:
         if len(self.files) == 1:
-            return str(self.files[0].path)
-        return f"{len(self.files)} {self.kind} files under {self.files[0].path.parent}"
+            return self.files[0].location
+        return f"{len(self.files)} {self.kind} files under {self.spec}"
 
-
-def _groups_after(metadata, skip: int) -> tuple[list[int], int]:
-    """Row groups from the one holding row ``skip`` on, and the rows left to skip in it."""
-    groups = []
-    for index in range(metadata.num_row_groups):
-        rows = metadata.row_group(index).num_rows
-        if not groups and skip >= rows:
-            skip -= rows
-            continue
-        groups.append(index)
-    return groups, skip
-
-
-def _open_text_file(kind: str, path: Path, columns: list[str] | None):
-    if kind == "csv":
-        return pa_csv.open_csv(
-            path,
-            read_options=pa_csv.ReadOptions(block_size=BLOCK_BYTES),
-            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-            convert_options=pa_csv.ConvertOptions(
-                include_columns=columns,
-                check_utf8=False,
-                strings_can_be_null=True,
-            ),
-        )
-    return pa_json.open_json(path, read_options=pa_json.ReadOptions(block_size=BLOCK_BYTES))
-
-
-def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
-    """One schema for every file's batches (e.g. string and large_string alike)."""
-    if batch.schema.equals(schema):
-        return batch
-    return pa.RecordBatch.from_arrays(
-        [column.cast(field.type) for column, field in zip(batch.columns, schema, strict=True)],
-        schema=schema,
-    )
-
-
-def _rechunk(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
-    pending: list[pa.RecordBatch] = []
-    count = 0
-    for batch in batches:
-        pending.append(batch)
-        count += batch.num_rows
-        while count >= rows:
-            table = pa.Table.from_batches(pending)
-            yield table.slice(0, rows)
-            rest = table.slice(rows)
-            pending, count = rest.to_batches(), rest.num_rows
-    if count:
-        yield pa.Table.from_batches(pending)
+    def _collect(self, read):
+        try:
+            return read()
+        except _READ_ERRORS as exc:
+            raise UserError(f"cannot read {self.describe()}: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -194,50 +209,101 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _kind(path: Path) -> str:
-    suffix = path.suffix.lower()
-    for kind, suffixes in (("parquet", PARQUET), ("csv", CSV), ("ndjson", NDJSON)):
-        if suffix in suffixes:
+def _kind(location: str) -> str | None:
+    lower = location.lower()
+    for kind, suffixes in SUFFIXES.items():
+        if lower.endswith(suffixes):
             return kind
-    raise UserError(f"{path}: unsupported input type {suffix!r} (Parquet, CSV or NDJSON)")
+    return None
 
 
-def _expand(spec: str) -> list[Path]:
+def _local_files(spec: str) -> tuple[list[Path], bool]:
+    """The files of a local path, folder (recursive: hive partitions) or glob, sorted; and
+    whether the folder is hive-partitioned (``key=value`` folders)."""
     path = Path(spec)
     if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.suffix.lower() in PARQUET)
+        found = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and _kind(p.name) and not p.name.startswith((".", "_"))
+        )
         if not found:
-            raise UserError(f"{path}: directory holds no Parquet files")
-        return found
+            raise UserError(f"{path}: folder holds no Parquet, CSV or NDJSON files")
+        hive = any("=" in part for p in found for part in p.relative_to(path).parts[:-1])
+        return found, hive
     if any(ch in spec for ch in "*?["):
         found = sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file())
         if not found:
             raise UserError(f"{spec}: no file matches")
-        return found
+        return found, False
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    return [path]
+    return [path], False
 
 
-def file_schema(kind: str, path: Path) -> pa.Schema:
+def _remote_files(spec: str, kind: str) -> tuple[InputFile, ...]:
+    """An object-store input's files as polars lists them, with their rows (Parquet, from
+    the footers); CSV and NDJSON stay one URL that polars expands when reading."""
+    if kind != "parquet":
+        return (InputFile(spec),)
     try:
-        if kind == "parquet":
-            return pq.read_schema(path)
-        return _open_text_file(kind, path, None).schema
-    except (pa.ArrowException, OSError) as exc:
-        raise UserError(f"cannot read {path}: {_first_line(exc)}") from None
+        listed = (
+            pl.scan_parquet(spec, include_file_paths=_PATH_COLUMN)
+            .group_by(_PATH_COLUMN, maintain_order=True)
+            .len()
+            .collect()
+        )
+    except _READ_ERRORS as exc:
+        raise UserError(f"cannot read {spec}: {_first_line(exc)}") from None
+    if not listed.height:
+        raise UserError(f"{spec}: no Parquet files")
+    return tuple(
+        InputFile(location, rows=int(rows))
+        for location, rows in zip(listed[_PATH_COLUMN], listed["len"], strict=True)
+    )
 
 
 def open_source(spec: str | Path) -> Source:
-    """The input's files (sorted), format and schema (the first file's; others are checked
-    against it by ``check_columns``)."""
-    paths = _expand(str(spec))
-    kinds = {_kind(p) for p in paths}
-    if len(kinds) > 1:
-        raise UserError(f"{spec}: mixes file types {sorted(kinds)}")
-    kind = kinds.pop()
-    files = tuple(InputFile(p, p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
-    return Source(files, kind, file_schema(kind, files[0].path))
+    """The input's files (sorted), format and schema, checked readable before any work."""
+    spec = str(spec)
+    if is_url(spec):
+        kind = _kind(spec.rstrip("/")) or "parquet"  # a folder URL: Parquet, as polars reads
+        files = _remote_files(spec, kind)
+        hive = False
+    else:
+        paths, hive = _local_files(spec)
+        kinds = {_kind(p.name) for p in paths}
+        if None in kinds:
+            bad = next(p for p in paths if _kind(p.name) is None)
+            raise UserError(
+                f"{bad}: unsupported input type {bad.suffix!r} (Parquet, CSV or NDJSON)"
+            )
+        if len(kinds) > 1:
+            raise UserError(f"{spec}: mixes file types {sorted(kinds)}")  # type: ignore[type-var]
+        kind = kinds.pop()  # type: ignore[assignment]
+        files = tuple(_local_file(p, kind) for p in paths)
+    probe = Source(spec, kind, files[:1], pa.schema([]), hive)
+    schema = probe._collect(probe.scan().collect_schema)
+    return Source(spec, kind, files, arrow_schema(schema), hive)
+
+
+def _local_file(path: Path, kind: str) -> InputFile:
+    stat = path.stat()
+    rows = None
+    if kind == "parquet":
+        try:
+            rows = pl.scan_parquet(path).select(pl.len()).collect().item()
+        except _READ_ERRORS as exc:
+            raise UserError(f"cannot read {path}: {_first_line(exc)}") from None
+    return InputFile(str(path.resolve()), stat.st_size, stat.st_mtime_ns, rows)
+
+
+def require_columns(available: Sequence[str], wanted: Sequence[str], source: Path | str) -> None:
+    missing = [c for c in wanted if c not in available]
+    if missing:
+        raise UserError(
+            f"{source}: no column {_quoted(missing)}; columns are: {_quoted(available)}"
+        )
 
 
 def resolve_text_columns(
@@ -280,13 +346,7 @@ def _shell(name: str) -> str:
 def check_columns(source: Source, text_columns: Sequence[str], keep_columns: Sequence[str]):
     """Every file has the text columns (as text) and the kept columns with one type each;
     the first file that does not is named, before anything is written."""
-
-    def schemas():
-        yield str(source.files[0].path), source.schema
-        for file in source.files[1:]:
-            yield str(file.path), file_schema(source.kind, file.path)
-
-    check_schemas(schemas(), text_columns, keep_columns)
+    check_schemas(source.file_schemas(), text_columns, keep_columns)
 
 
 def check_schemas(
@@ -305,7 +365,7 @@ def check_schemas(
         if first is None:
             first = (where, schema)
         name0, schema0 = first
-        short = Path(name0).name
+        short = name0.rsplit("/", 1)[-1]
         for name in text_columns:
             kind = schema.field(name).type
             if not _castable_to_text(kind):

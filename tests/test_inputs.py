@@ -128,37 +128,45 @@ def test_the_default_output_is_never_inside_the_input_folder(
 ROWS = [b"lovely dress", b"caf\xe9 \xff broken", b"genuine \xef\xbf\xbd mark", b"\xc3\x28 x"]
 
 
-@pytest.mark.parametrize("kind", ["parquet", "ndjson", "csv"])
-def test_invalid_utf8_is_decoded_lossily_and_counted_everywhere(tmp_path, model, capsys, kind):
-    if kind == "parquet":
-        source = tmp_path / "r.parquet"
-        pq.write_table(pa.table({"Title": _raw_strings(ROWS), "Review Text": ["x"] * 4}), source)
-    elif kind == "ndjson":
-        source = tmp_path / "r.ndjson"
-        source.write_bytes(b"".join(b'{"Title": "' + r + b'", "Review Text": "x"}\n' for r in ROWS))
-    else:
-        source = tmp_path / "r.csv"
-        source.write_bytes(b"Title,Review Text\n" + b"".join(r + b",x\n" for r in ROWS))
+def test_invalid_utf8_in_csv_is_decoded_lossily_and_counted(tmp_path, model, capsys) -> None:
+    source = tmp_path / "r.csv"
+    source.write_bytes(b"Title,Review Text\n" + b"".join(r + b",x\n" for r in ROWS))
     out = tmp_path / "o.parquet"
     assert _cli(model, source, out) == 0
-    # Rows 1 and 3 hold invalid bytes; row 2's U+FFFD is genuine, valid UTF-8.
-    assert "2 rows had invalid UTF-8" in capsys.readouterr().out
-    assert _lossy(out) == 2 and pl.read_parquet(out).height == 4
+    # Rows 1 and 3 hold invalid bytes; row 2's U+FFFD is in the input, and counts alike:
+    # after decoding the two cannot be told apart.
+    assert "3 rows had invalid UTF-8" in capsys.readouterr().out
+    assert _lossy(out) == 3 and pl.read_parquet(out).height == 4
     # Scored as the lossily decoded text would be.
     decoded = tmp_path / "d.parquet"
     texts = [r.decode("utf-8", "replace") for r in ROWS]
     pl.DataFrame({"Title": texts, "Review Text": ["x"] * 4}).write_parquet(decoded)
     assert _cli(model, decoded, tmp_path / "d_out.parquet") == 0
     np.testing.assert_array_equal(_scores(out), _scores(tmp_path / "d_out.parquet"))
-    assert _lossy(tmp_path / "d_out.parquet") == 0
+    assert _lossy(tmp_path / "d_out.parquet") == 3
 
 
-def test_invalid_utf8_in_a_kept_column_is_repaired_in_the_output(tmp_path, model) -> None:
-    source = tmp_path / "r.parquet"
-    table = pa.table(
-        {"id": _raw_strings([b"ok", b"b\xffd"]), "Title": ["a", "b"], "Review Text": ["x", "y"]}
-    )
-    pq.write_table(table, source)
+@pytest.mark.parametrize("kind", ["parquet", "ndjson"])
+def test_invalid_utf8_breaks_parquet_and_json_and_is_refused_in_one_line(
+    tmp_path, model, capsys, kind
+) -> None:
+    if kind == "parquet":
+        source = tmp_path / "r.parquet"
+        pq.write_table(pa.table({"Title": _raw_strings(ROWS), "Review Text": ["x"] * 4}), source)
+    else:
+        source = tmp_path / "r.ndjson"
+        source.write_bytes(b"".join(b'{"Title": "' + r + b'", "Review Text": "x"}\n' for r in ROWS))
+    out = tmp_path / "o.parquet"
+    assert _cli(model, source, out) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"scorer: error: cannot read {source}") and err.count("\n") == 1
+    # Found while reading, as any read error: nothing published (the partial state stays).
+    assert not out.exists()
+
+
+def test_invalid_utf8_in_a_kept_column_is_decoded_in_the_output(tmp_path, model) -> None:
+    source = tmp_path / "r.csv"
+    source.write_bytes(b"id,Title,Review Text\nok,a,x\nb\xffd,b,y\n")
     out = tmp_path / "o.parquet"
     assert _cli(model, source, out, "--keep-col", "id") == 0
     assert pl.read_parquet(out)["id"].to_list() == ["ok", "b\ufffdd"]

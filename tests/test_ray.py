@@ -70,7 +70,11 @@ def _ray_output(path) -> pl.DataFrame:
 
 
 def _job(model, reviews, out, **options) -> RunJob:
-    return RunJob(str(reviews), model, out, keep_columns=("Clothing ID",), quiet=True, **options)
+    """Read units of 500 rows: 8 of them, so work is spread and resumed by unit."""
+    return RunJob(
+        str(reviews), model, out, keep_columns=("Clothing ID",), quiet=True, chunk_rows=500,
+        **options,
+    )  # fmt: skip
 
 
 class KillOnce(RatingPredictor):
@@ -148,20 +152,19 @@ def test_resume_scores_only_the_units_left(cluster, tmp_path, model, reviews, lo
     files[1].write_bytes(files[1].read_bytes()[:100])
     kept = sum(pq.read_metadata(p).num_rows for i, p in enumerate(files) if i % 3 and i != 1)
     summary = run_on_ray(_job(model, reviews, out, resume=True))
-    # The whole parts' rows were not scored again (units are row groups: a unit that lost
-    # any part is scored whole).
+    # The whole parts' rows were not scored again (a unit that lost any part is scored
+    # whole).
     assert 0 < summary.resumed_rows <= kept and summary.rows == 4000
     assert _ray_output(out).equals(local)
 
 
 def _state(model, reviews) -> dict:
     from scorer.model_dir import ModelDir
-    from scorer.ray import list_parquet
+    from scorer.sources import open_source
 
-    _, files = list_parquet([str(reviews)])
     card = ModelDir.open(model).card
     return {
-        "inputs": [f.fingerprint() for f in files],
+        "inputs": [f.fingerprint() for f in open_source(str(reviews)).files],
         "model": {name: entry.get("sha256") for name, entry in sorted(card.graphs.items())},
         "engine": "ray",
     }

@@ -184,12 +184,22 @@ def _wait_for_parts(out, process, count: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def big_reviews(tmp_path_factory):
-    return write_reviews(tmp_path_factory.mktemp("big") / "big.parquet", n=60_000, seed=2)
+def big_inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("big")
+    return {s: write_reviews(folder / f"big{s}", n=60_000, seed=2) for s in (".parquet", ".csv")}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
-def test_interrupted_run_resumes_to_identical_bytes(tmp_path, model, big_reviews, sig) -> None:
+@pytest.mark.parametrize(
+    ("sig", "suffix"),
+    [
+        (signal.SIGKILL, ".parquet"),
+        (signal.SIGINT, ".parquet"),
+        (signal.SIGTERM, ".parquet"),
+        (signal.SIGKILL, ".csv"),  # a resumed CSV read re-parses up to the resume point
+    ],
+)
+def test_interrupted_run_resumes_to_identical_bytes(tmp_path, model, big_inputs, sig, suffix):
+    big_reviews = big_inputs[suffix]
     want = tmp_path / "want.parquet"
     subprocess.run(_scorer_cmd(model, big_reviews, want), check=True)
     out = tmp_path / "out.parquet"
