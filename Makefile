@@ -44,7 +44,7 @@ demo: $(STAMP)
 		$(if $(wildcard $(SPLIT)),--split-file "$(SPLIT)" --split test)
 
 model: $(STAMP)
-	$(BIN)/python -m scorer.bundle --data "$(DATA)" $(SPLIT_ARGS)
+	$(BIN)/python -m scorer.train.bundle --data "$(DATA)" $(SPLIT_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,7 +3,7 @@ regression, its regularization chosen on the validation rows (scikit-learn, `dev
 
 It reads the raw text with scikit-learn's own tokenizer (lowercase, words of 2+ characters),
 as a user writing the ten-line baseline would. The expected rating of its probabilities is
-scored like the models' (``scorer.metrics``).
+scored like the models' (``scorer.runtime.metrics``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scorer.metrics import rating_metrics
+from scorer.runtime.metrics import rating_metrics
 
 C_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 

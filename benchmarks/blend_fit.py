@@ -3,9 +3,10 @@
     python -m benchmarks.blend_fit [--data REVIEWS.csv --split-file SPLIT.csv] [--threads 1]
 
 Builds the training rows' features as `scorer train --blend` does (the default tokenizer
-fitted to the training reviews, the vocabulary, then ``scorer.ngram_fit``'s positions, idf and
+fitted to the training reviews, the vocabulary, then ``scorer.train.ngram_fit``'s positions, idf and
 design matrix), then fits the logistic regression for every C of ``C_GRID``, warm-started: with
-COO products, with CSR ones (``scorer.ngram_fit.products``), and with CSR ones over the features of
+COO products, with CSR ones (``scorer.train.ngram_fit.products``), and with CSR ones over
+the features of
 nonzero idf only (``design(..., compact=True)``, what `scorer train` fits), and reports each
 fit's seconds and the validation objective it reached; the layouts interleaved, ``--repeats``
 times, the median kept. Saves ``-blend-fit.json``.
@@ -21,9 +22,16 @@ import numpy as np
 import torch
 
 from benchmarks.common import DEFAULT_REVIEWS, DEFAULT_SPLIT, machine, median, save
-from scorer.blend import C_GRID
-from scorer.data import DEFAULT_TEXT_COLUMNS, read_labels, read_split_file, read_table, read_texts
-from scorer.ngram_fit import (
+from scorer.io.labelled import (
+    DEFAULT_TEXT_COLUMNS,
+    read_labels,
+    read_split_file,
+    read_table,
+    read_texts,
+)
+from scorer.text.vocab import Vocab
+from scorer.train.blend import C_GRID
+from scorer.train.ngram_fit import (
     BUCKETS,
     design,
     fit_idf,
@@ -32,8 +40,7 @@ from scorer.ngram_fit import (
     products,
     word_mask,
 )
-from scorer.presets import fit_lengths, resolve
-from scorer.vocab import Vocab
+from scorer.train.presets import fit_lengths, resolve
 
 
 def features(data: Path, split_file: Path) -> tuple[dict, dict, dict, int]:

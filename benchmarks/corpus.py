@@ -15,7 +15,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from benchmarks.common import DEFAULT_REVIEWS
-from scorer.data import read_table
+from scorer.io.labelled import read_table
 
 ROW_GROUP = 65_536
 

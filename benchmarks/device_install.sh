@@ -37,6 +37,9 @@ run | exec)
   fi
   mkdir -p ../shared/data
   cp -n runs/device/data/* ../shared/data/ 2>/dev/null || true
+  # The checkout runs uninstalled here: the build configuration maps export/ to
+  # scorer.export, and a link stands in for it (ignored by git).
+  [ -e scorer/export ] || ln -s ../export scorer/export
   export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
   python -c "import onnxruntime as o; o.preload_dlls(); print(o.__version__, o.get_available_providers())"
   python -c "import polars, numba, sklearn, fasttext; print('polars', polars.__version__, 'numba', numba.__version__)"

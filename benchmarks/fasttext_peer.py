@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from scorer.metrics import rating_metrics
+from scorer.runtime.metrics import rating_metrics
 
 EPOCHS = (5, 10, 20, 40)
 RATES = (0.05, 0.1, 0.25, 0.5)

@@ -124,9 +124,9 @@ def step_training(skip: str | None, epochs: int) -> dict:
     judged on the test rows; then ``epochs`` epochs in fp32 for the per-epoch comparison."""
     if skip:
         return {"skipped": skip}
-    from scorer.data import DEFAULT_TEXT_COLUMNS
-    from scorer.presets import resolve
-    from scorer.train import TrainJob, train_model
+    from scorer.io.labelled import DEFAULT_TEXT_COLUMNS
+    from scorer.train.job import TrainJob, train_model
+    from scorer.train.presets import resolve
 
     results: dict = {}
     runs = {"auto": {}, "fp32": {"epochs": epochs, "search_budget": 0}}
@@ -184,8 +184,8 @@ def step_model_alone(skip: str | None, quick: bool, model_dir: Path) -> dict:
     import onnxruntime as ort
 
     from benchmarks.common import interleaved
-    from scorer.cpus import available_cpus
-    from scorer.session import CpuRunner, DeviceRunner, open_session, slice_rows_for
+    from scorer.runtime.cpus import available_cpus
+    from scorer.runtime.session import CpuRunner, DeviceRunner, open_session, slice_rows_for
 
     if not (model_dir / "model.onnx").is_file():
         return {"skipped": f"no exported model in {model_dir} ({skip or 'export failed'})"}

@@ -28,8 +28,8 @@ def batches(model_dir: Path, width_step: int = 8) -> tuple[object, list[dict[str
     """An fp32 CPU session of ``model_dir`` and its feeds over the reference reviews."""
     import onnxruntime as ort
 
-    from scorer.data import read_table, read_texts
-    from scorer.model_dir import ModelDir
+    from scorer.io.labelled import read_table, read_texts
+    from scorer.runtime.model_dir import ModelDir
 
     model = ModelDir.open(model_dir)
     tok = model.card.tokenizer

@@ -39,9 +39,9 @@ class NoopScorer:
 def main(argv: list[str] | None = None) -> None:
     import dataclasses
 
-    from scorer.model_dir import ModelDir
-    from scorer.run import RunJob, run_scoring
-    from scorer.scoring import LoadedModel
+    from scorer.engines.local.run import RunJob, run_scoring
+    from scorer.runtime.model_dir import ModelDir
+    from scorer.runtime.scoring import LoadedModel
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("corpus")

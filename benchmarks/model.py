@@ -50,7 +50,7 @@ def naive_export(model, path: Path, batch: int, width: int) -> None:
 
     import torch
 
-    from scorer.model import ReviewLSTM
+    from scorer.nn.model import ReviewLSTM
 
     # The packed module exports pack_padded_sequence with the example batch baked in, so the
     # baseline uses the same weights without packing (identical at full length).
@@ -92,15 +92,16 @@ def runners(model_dir: Path, work: Path, width: int):
     """name -> (ids, lengths) -> zero-argument call scoring them once; the model; the report.
 
     "2 intra-op threads" is one call with onnxruntime splitting each op over 2 threads;
-    "2 x 1-thread slices" is how `scorer run` calls a model on CPU (scorer.session.OnnxScorer:
+    "2 x 1-thread slices" is how `scorer run` calls a model on CPU
+    (scorer.runtime.session.OnnxScorer:
     slices of <= 1024 rows, run concurrently by single-threaded calls). The naive export is
     measured both ways, so the gain of each change is visible on its own.
     """
     import onnxruntime as ort
 
     from scorer.export.onnx_export import export_graph, quantize_int8
-    from scorer.model_dir import ModelDir
-    from scorer.session import CpuRunner, open_session, slice_rows_for
+    from scorer.runtime.model_dir import ModelDir
+    from scorer.runtime.session import CpuRunner, open_session, slice_rows_for
 
     directory = ModelDir.open(model_dir)
     model = directory.load_model()
@@ -128,7 +129,7 @@ def runners(model_dir: Path, work: Path, width: int):
     naive_session = ort.InferenceSession(
         str(naive), naive_options, providers=["CPUExecutionProvider"]
     )
-    # How `scorer run` calls a graph on CPU (scorer.session.CpuRunner).
+    # How `scorer run` calls a graph on CPU (scorer.runtime.session.CpuRunner).
     fp32 = CpuRunner(open_session(ort, folded, "cpu"), THREADS, slice_rows_for(hidden))
     int8 = CpuRunner(open_session(ort, int8_path, "cpu"), THREADS, slice_rows_for(hidden))
     made = {
@@ -218,10 +219,10 @@ def _whole(session):
 
 def _sliced(session, hidden: int):
     """Concurrent single-threaded calls on the scorer's CPU slices, through IO binding as in
-    scorer.session.OnnxScorer (for graphs whose inputs differ from the contract's)."""
+    scorer.runtime.session.OnnxScorer (for graphs whose inputs differ from the contract's)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from scorer.session import cpu_slices, slice_rows_for
+    from scorer.runtime.session import cpu_slices, slice_rows_for
 
     pool = ThreadPoolExecutor(THREADS)
     outputs = [o.name for o in session.get_outputs()]

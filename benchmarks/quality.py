@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import DEFAULT_REVIEWS, DEFAULT_SPLIT, REPO, machine, save
-from scorer.data import DEFAULT_TEXT_COLUMNS, read_split_file, read_table, read_texts
-from scorer.presets import resolve
-from scorer.train import TrainJob, train_model
-from scorer.vocab import Vocab
+from scorer.io.labelled import DEFAULT_TEXT_COLUMNS, read_split_file, read_table, read_texts
+from scorer.text.vocab import Vocab
+from scorer.train.job import TrainJob, train_model
+from scorer.train.presets import resolve
 
 WORK = REPO / "runs" / "bench"
 REFERENCE_ARTICLE = {"accuracy": 0.64, "rmse": 0.817, "regression_rmse": 0.799}
@@ -96,9 +96,9 @@ def int8_quality(model_dir: Path) -> dict:
     """fp32 against int8 on the test rows, through `scorer eval`'s path."""
     import polars as pl
 
-    from scorer.evaluate import EvalJob, evaluate
+    from scorer.engines.local.evaluate import EvalJob, evaluate
+    from scorer.engines.local.run import RunJob, run_scoring
     from scorer.export.onnx_export import export_model
-    from scorer.run import RunJob, run_scoring
 
     export_model(model_dir, int8=True)
     frame = read_table(DEFAULT_REVIEWS)
@@ -126,7 +126,7 @@ def onnx_parity(model_dir: Path) -> dict[str, object]:
 
     from scorer.export.graph import ReferenceOutputs
     from scorer.export.onnx_export import export_model
-    from scorer.model_dir import ModelDir
+    from scorer.runtime.model_dir import ModelDir
 
     path = export_model(model_dir).path
     directory = ModelDir.open(model_dir)

@@ -25,7 +25,13 @@ import polars as pl
 
 from benchmarks.baseline import tfidf_logistic_regression
 from benchmarks.significance import on_test_rows
-from scorer.data import read_labels, read_split_file, read_table, read_texts, stratified_split
+from scorer.io.labelled import (
+    read_labels,
+    read_split_file,
+    read_table,
+    read_texts,
+    stratified_split,
+)
 
 METRICS = ("accuracy", "macro_f1", "rmse", "rmse_expected")
 
@@ -66,8 +72,8 @@ def dataset_quality(
     options: dict | None = None,
     from_runs: str | None = None,
 ) -> dict[str, object]:
-    from scorer.presets import resolve
-    from scorer.train import TrainJob, train_model
+    from scorer.train.job import TrainJob, train_model
+    from scorer.train.presets import resolve
 
     frame = read_table(data)
     texts = read_texts(frame, text_columns, data)
@@ -186,13 +192,13 @@ _RUNTIME = {"threads", "device", "precision", "batch_source"}
 
 
 def marks_choice(model, tok, train, texts: pl.Series, labels, split: np.ndarray) -> dict | None:
-    """The recipe's choice of marks (``scorer.marks_choice``) made on this data and split, as
+    """The recipe's choice of marks (``scorer.train.marks_choice``) made on this data and split, as
     metrics.json records it; None where the recipe makes none. No seed enters it."""
     if not tok.marks_choice or model.regression:
         return None
-    from scorer.device import choose_runtime
-    from scorer.fit import Objective
-    from scorer.marks_choice import settle_tokenizer
+    from scorer.nn.device import choose_runtime
+    from scorer.train.fit import Objective
+    from scorer.train.marks_choice import settle_tokenizer
 
     rows = {name: np.flatnonzero(split == name) for name in ("train", "val")}
     runtime = choose_runtime("cpu", "fp32")
@@ -216,9 +222,9 @@ def recorded_run(
     config is the recipe ``model, tok, train`` resolve to (the candidate its search kept),
     apart from what training fits to the data and the device; where the recipe chooses the
     marks, with ``marks_kept``, the ones its choice keeps."""
-    from scorer.config import ModelCard
-    from scorer.presets import apply_batch_preset, search_candidates, settle_teacher
-    from scorer.session import file_sha256
+    from scorer.runtime.config import ModelCard
+    from scorer.runtime.session import file_sha256
+    from scorer.train.presets import apply_batch_preset, search_candidates, settle_teacher
 
     card = ModelCard.load(directory / "config.json")
     metrics = json.loads((directory / "metrics.json").read_text())

@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     import spacy
     import torch
 
-    from scorer.model_dir import ModelDir
-    from scorer.text import clean
+    from scorer.runtime.model_dir import ModelDir
+    from scorer.text.encode import clean
 
     torch.set_num_threads(2)
     seconds: dict[str, float] = {}

@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 if TYPE_CHECKING:
-    from scorer.data import Labels
+    from scorer.io.labelled import Labels
 
 RESAMPLES = 2000
 LEVEL = 0.95
@@ -123,10 +123,10 @@ def model_row_scores(
     precision, near-ties may come out otherwise)."""
     import torch
 
-    from scorer.device import choose_runtime
-    from scorer.fit import Objective, predict
-    from scorer.model_dir import ModelDir
-    from scorer.train_data import to_dataset
+    from scorer.nn.device import choose_runtime
+    from scorer.runtime.model_dir import ModelDir
+    from scorer.train.data import to_dataset
+    from scorer.train.fit import Objective, predict
 
     runtime = choose_runtime("cpu")
     preds, expected = [], []
@@ -154,7 +154,7 @@ def dataset_significance(
 ) -> dict[str, object]:
     """The paired bootstrap of one dataset's trained models against the baseline (refitted)
     on its test rows; each model must still score the test metrics it recorded."""
-    from scorer.data import read_labels, read_split_file, read_table, read_texts
+    from scorer.io.labelled import read_labels, read_split_file, read_table, read_texts
 
     frame = read_table(data)
     texts = read_texts(frame, text_columns, data)

@@ -145,8 +145,8 @@ def train_student(
     name: str, changes: dict, seed: int, teacher: Path | None, threads: int
 ) -> dict[str, object]:
     """One student trained, exported and scored on the validation rows; its record."""
-    from scorer.presets import resolve
-    from scorer.train import TrainJob, train_model
+    from scorer.train.job import TrainJob, train_model
+    from scorer.train.presets import resolve
 
     # The teacher of a +kd student is the one given (the default teacher's size, trained on
     # the training rows); the others learn from the ratings alone.
@@ -181,7 +181,7 @@ def record_student(
 ) -> dict[str, object]:
     """A trained student's record: exported (fp32 and int8), its validation rows scored
     through `scorer eval`'s path with each graph."""
-    from scorer.evaluate import EvalJob, evaluate
+    from scorer.engines.local.evaluate import EvalJob, evaluate
     from scorer.export.onnx_export import export_model
 
     export_model(out, int8=True)
@@ -314,7 +314,7 @@ def peer_models() -> dict[str, Path]:
     way); saved once."""
     from benchmarks.baseline import fit_pipeline
     from benchmarks.fasttext_peer import fasttext_quality, train_for_speed
-    from scorer.data import read_labels, read_split_file, read_table, read_texts
+    from scorer.io.labelled import read_labels, read_split_file, read_table, read_texts
 
     paths = {"fastText": WORK / "fasttext.bin", "TF-IDF + LR": WORK / "tfidf-lr.pkl"}
     if all(p.is_file() for p in paths.values()):
@@ -336,7 +336,7 @@ def peer_validation() -> dict[str, dict]:
     rows with the settings their tuning chose (comparable with the students')."""
     from benchmarks.baseline import tfidf_logistic_regression
     from benchmarks.fasttext_peer import fasttext_quality_isolated
-    from scorer.data import read_labels, read_split_file, read_table, read_texts
+    from scorer.io.labelled import read_labels, read_split_file, read_table, read_texts
 
     frame = read_table(DEFAULT_REVIEWS)
     texts = read_texts(frame, TEXT_COLUMNS, DEFAULT_REVIEWS).to_list()

@@ -65,7 +65,7 @@ def is_default(options: dict[str, Any], base: dict[str, Any]) -> bool:
     the default moves to a sweep's pick, its parts are no change to try again."""
     from dataclasses import asdict
 
-    from scorer.presets import resolve
+    from scorer.train.presets import resolve
 
     configs = resolve(dict(base))
     current = {k: v for c in configs for k, v in asdict(c).items()} | PINNED | base

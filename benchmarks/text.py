@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import DEFAULT_REVIEWS, interleaved, machine, median, save
-from scorer.cpus import available_cpus
-from scorer.data import DEFAULT_TEXT_COLUMNS, read_table, read_texts
-from scorer.text import clean, tokenize
-from scorer.vocab import Vocab
+from scorer.io.labelled import DEFAULT_TEXT_COLUMNS, read_table, read_texts
+from scorer.runtime.cpus import available_cpus
+from scorer.text.encode import clean, tokenize
+from scorer.text.vocab import Vocab
 
 MAX_LEN = 70
 

@@ -1,4 +1,4 @@
-"""CPU training with glibc's default malloc against ``scorer.malloc.keep_freed_memory``.
+"""CPU training with glibc's default malloc against ``scorer.runtime.malloc.keep_freed_memory``.
 
     python -m benchmarks.train_malloc [--epochs 1] [--repeats 2] [--threads 2]
 

@@ -23,14 +23,14 @@ SIDES = ("packed", "forward-only")
 
 def _child(argv: list[str]) -> None:
     """``scorer train`` with every model's LSTM run through ``pack_padded_sequence``."""
-    import scorer.train
+    import scorer.train.job
     from scorer.cli import app
 
-    class Packed(scorer.train.ReviewLSTM):
+    class Packed(scorer.train.job.ReviewLSTM):
         def forward(self, *args, **kwargs):
             return super().forward(*args, **kwargs, pack=True)
 
-    scorer.train.ReviewLSTM = Packed
+    scorer.train.job.ReviewLSTM = Packed
     app(argv, prog_name="scorer")
 
 

@@ -35,8 +35,6 @@ from typing import Any
 
 import numpy as np
 
-from scorer.config import ModelCard
-from scorer.contract import META_PRECISION
 from scorer.export.validate import (
     BATCHES,
     Agreement,
@@ -44,6 +42,8 @@ from scorer.export.validate import (
     make_batch,
     torch_outputs,
 )
+from scorer.runtime.config import ModelCard
+from scorer.runtime.contract import META_PRECISION
 
 # fp16 graph vs PyTorch fp32 over the full grid (reference evaluator, worst |probs diff|):
 # random-weight variants 6e-4..2.9e-3 (fp32 accumulation) / 9e-4..4.9e-3 (fp16 accumulation);

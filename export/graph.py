@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from scorer.export.fold import FoldedLSTM, folded_factors, step_ids
-from scorer.model import ReviewLSTM
+from scorer.nn.model import ReviewLSTM
 
 
 def _single_direction(lstm: nn.LSTM, layer: int, reverse: bool) -> nn.LSTM:

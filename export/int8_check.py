@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scorer.config import ModelCard
 from scorer.export.validate import BATCHES, Agreement, length_cases, make_batch
+from scorer.runtime.config import ModelCard
 
 MIN_AGREEMENT = 0.97  # fraction of rows whose argmax (predicted label) agrees
 MAX_P99_EXPECTED_DIFF = 0.15  # rating units, 99th percentile over rows

@@ -12,7 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from scorer.contract import (
+from scorer.errors import UserError
+from scorer.export.fold import expand_folded
+from scorer.export.validate import ValidationReport, validate_against_torch
+from scorer.io.files import atomic_path
+from scorer.runtime.contract import (
     DYNAMIC_AXES,
     GRAPH_FILES,
     INPUTS,
@@ -22,11 +26,7 @@ from scorer.contract import (
     META_VOCAB_SHA256,
     OUTPUTS,
 )
-from scorer.errors import UserError
-from scorer.export.fold import expand_folded
-from scorer.export.validate import ValidationReport, validate_against_torch
-from scorer.io import atomic_path
-from scorer.model_dir import ModelDir
+from scorer.runtime.model_dir import ModelDir
 
 DEFAULT_OPSET = 17
 
@@ -44,7 +44,7 @@ class GraphEntry:
     report: Any = None
 
     def record(self) -> dict[str, str]:
-        from scorer.session import file_sha256
+        from scorer.runtime.session import file_sha256
 
         return {
             "sha256": file_sha256(self.path),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scorer.config import ModelCard
+from scorer.runtime.config import ModelCard
 
 BATCHES = (1, 3, 64, 1000)
 TOLERANCE = 1e-4

@@ -54,10 +54,10 @@ def make_model_dir(path: Path, *, variant: str = "packed", seed: int = 0, **mode
     """A model directory with random weights (no training): for export and scoring tests."""
     import torch
 
-    from scorer.config import ModelConfig, TokenizerConfig, TrainConfig
-    from scorer.model import ReviewLSTM
-    from scorer.model_dir import ModelDir
-    from scorer.vocab import Vocab
+    from scorer.nn.model import ReviewLSTM
+    from scorer.runtime.config import ModelConfig, TokenizerConfig, TrainConfig
+    from scorer.runtime.model_dir import ModelDir
+    from scorer.text.vocab import Vocab
 
     frame = make_reviews(200, seed)
     texts = frame["Title"].fill_null("") + " " + frame["Review Text"]
@@ -108,10 +108,10 @@ def make_model_dir(path: Path, *, variant: str = "packed", seed: int = 0, **mode
 def word_sets(train: int, val: int, *, max_len: int = 8, seed: int = 3):
     """Short made-up reviews of a few words, rated 1-3 by their length, encoded on the CPU:
     (vocabulary, {"train", "val"} datasets, rating values, runtime)."""
-    from scorer.config import TokenizerConfig
-    from scorer.device import choose_runtime
-    from scorer.train_data import to_dataset
-    from scorer.vocab import Vocab
+    from scorer.nn.device import choose_runtime
+    from scorer.runtime.config import TokenizerConfig
+    from scorer.text.vocab import Vocab
+    from scorer.train.data import to_dataset
 
     rng = np.random.default_rng(seed)
     words = ["good", "bad", "fine", "great", "awful", "ok", "love", "hate"]

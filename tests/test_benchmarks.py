@@ -275,19 +275,21 @@ def test_train_packing_sides_differ_only_in_packing(monkeypatch, child, packs) -
     import torch
 
     import scorer.cli
-    import scorer.model
-    import scorer.train
+    import scorer.nn.model
+    import scorer.train.job
     from benchmarks import train_packing
-    from scorer.config import ModelConfig
+    from scorer.runtime.config import ModelConfig
 
     calls = []
-    real_pack = scorer.model.pack_padded_sequence
+    real_pack = scorer.nn.model.pack_padded_sequence
     monkeypatch.setattr(
-        scorer.model,
+        scorer.nn.model,
         "pack_padded_sequence",
         lambda *a, **k: calls.append(1) or real_pack(*a, **k),
     )
-    monkeypatch.setattr(scorer.train, "ReviewLSTM", scorer.train.ReviewLSTM)  # restored after
+    monkeypatch.setattr(
+        scorer.train.job, "ReviewLSTM", scorer.train.job.ReviewLSTM
+    )  # restored after
 
     def fake_app(argv, prog_name):
         config = ModelConfig(
@@ -298,7 +300,7 @@ def test_train_packing_sides_differ_only_in_packing(monkeypatch, child, packs) -
             hidden_dim=4,
             packed=True,
         )
-        model = scorer.train.ReviewLSTM(config)
+        model = scorer.train.job.ReviewLSTM(config)
         model(torch.randint(1, 20, (2, 5)), torch.tensor([5, 2]), torch.tensor([5, 2]))
 
     monkeypatch.setattr(scorer.cli, "app", fake_app)

@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scorer.blend import fit_weights, linear_path
-from scorer.ngram_fit import design, expand, fit_idf, fit_logistic, positions, products
+from scorer.train.blend import fit_weights, linear_path
+from scorer.train.ngram_fit import design, expand, fit_idf, fit_logistic, positions, products
 
 VOCAB, BUCKETS, CLASSES = 12, 16, 3
 
@@ -123,10 +123,10 @@ def test_fit_weights_finds_the_blend_that_generated_the_labels() -> None:
 
 
 def test_the_blend_chosen_on_validation_folds_into_the_model() -> None:
-    from scorer.blend import choose_blend, fold
-    from scorer.config import ModelConfig
-    from scorer.fit import Objective, logits
-    from scorer.model import ReviewLSTM
+    from scorer.nn.model import ReviewLSTM
+    from scorer.runtime.config import ModelConfig
+    from scorer.train.blend import choose_blend, fold
+    from scorer.train.fit import Objective, logits
     from tests.helpers import word_sets
 
     vocab, sets, values, _ = word_sets(80, 40)
@@ -162,10 +162,10 @@ def test_training_with_blend_writes_a_model_that_loads_and_exports_exactly(
     from dataclasses import replace
 
     from scorer.export.onnx_export import export_model
-    from scorer.model_dir import ModelDir
-    from scorer.ngram_fit import BUCKETS
-    from scorer.presets import resolve
-    from scorer.train import TrainJob, train_model
+    from scorer.runtime.model_dir import ModelDir
+    from scorer.train.job import TrainJob, train_model
+    from scorer.train.ngram_fit import BUCKETS
+    from scorer.train.presets import resolve
     from tests.helpers import write_reviews
 
     data = write_reviews(tmp_path / "reviews.parquet", n=600)
@@ -201,11 +201,11 @@ def test_training_with_blend_writes_a_model_that_loads_and_exports_exactly(
 def test_the_linear_path_is_kept_only_where_it_pays_for_its_weight_on_validation(
     monkeypatch, informative
 ) -> None:
-    from scorer import blend as blend_module
-    from scorer.blend import LinearFit, choose_blend, fold
-    from scorer.config import ModelConfig
-    from scorer.fit import Objective
-    from scorer.model import ReviewLSTM
+    from scorer.nn.model import ReviewLSTM
+    from scorer.runtime.config import ModelConfig
+    from scorer.train import blend as blend_module
+    from scorer.train.blend import LinearFit, choose_blend, fold
+    from scorer.train.fit import Objective
     from tests.helpers import word_sets
 
     vocab, sets, values, _ = word_sets(80, 400)

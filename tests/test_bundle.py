@@ -9,9 +9,9 @@ import re
 import polars as pl
 import pytest
 
-from scorer.bundle import build_bundled_model
 from scorer.cli import main
-from scorer.model_dir import bundled_model_dir
+from scorer.runtime.model_dir import bundled_model_dir
+from scorer.train.bundle import build_bundled_model
 from tests.helpers import write_reviews
 
 TINY = {"embedding_dim": 8, "hidden_dim": 8, "max_len": 24, "epochs": 2, "batch_size": 32}

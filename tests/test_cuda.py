@@ -16,7 +16,7 @@ if "CUDAExecutionProvider" not in ort.get_available_providers():
 
 from scorer.cli import main  # noqa: E402
 from scorer.export.onnx_export import export_model  # noqa: E402
-from scorer.train import train_model  # noqa: E402
+from scorer.train.job import train_model  # noqa: E402
 from tests.helpers import write_reviews  # noqa: E402
 from tests.test_train import job  # noqa: E402
 

@@ -4,14 +4,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from scorer.data import (
+from scorer.errors import UserError
+from scorer.io.labelled import (
     read_labels,
     read_split_file,
     read_table,
     read_texts,
     stratified_split,
 )
-from scorer.errors import UserError
 
 FRAME = pl.DataFrame(
     {

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scorer.config import ModelConfig
-from scorer.device import CUDA_AUTO_PRECISION, Runtime, choose_runtime, plan_precision
 from scorer.errors import UserError
-from scorer.model import ReviewLSTM
+from scorer.nn.device import CUDA_AUTO_PRECISION, Runtime, choose_runtime, plan_precision
+from scorer.nn.model import ReviewLSTM
+from scorer.runtime.config import ModelConfig
 
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
 

@@ -11,14 +11,14 @@ import polars as pl
 import pytest
 import torch
 
-from scorer import refit as refit_module
 from scorer.cli import main
-from scorer.config import ModelCard, ModelConfig, TrainConfig
 from scorer.errors import UserError
 from scorer.export.onnx_export import export_model
-from scorer.fit import Objective, soft_loss
-from scorer.presets import resolve
-from scorer.train import TrainJob, train_model
+from scorer.runtime.config import ModelCard, ModelConfig, TrainConfig
+from scorer.train import refit as refit_module
+from scorer.train.fit import Objective, soft_loss
+from scorer.train.job import TrainJob, train_model
+from scorer.train.presets import resolve
 from tests.helpers import make_reviews
 from tests.test_train import SMALL, job
 
@@ -85,8 +85,8 @@ def reversed_teacher(tmp_path_factory, reviews):
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 def test_soft_targets_reach_training_and_the_model_follows_them(temperature) -> None:
-    from scorer.fit import fit_epochs, logits
-    from scorer.model import ReviewLSTM
+    from scorer.nn.model import ReviewLSTM
+    from scorer.train.fit import fit_epochs, logits
     from tests.helpers import word_sets
 
     vocab, sets, values, runtime = word_sets(240, 40)
@@ -185,7 +185,7 @@ def test_the_recipe_trains_its_teacher_first_and_the_refit_learns_from_it_on_val
     ],
 )
 def test_what_the_model_records_of_its_teacher(options, external, recorded) -> None:
-    from scorer.presets import settle_teacher
+    from scorer.train.presets import settle_teacher
 
     model, _, train = resolve(
         {**SMALL, "distill_weight": 0.8, "distill_temperature": 4.0, **options}

@@ -8,7 +8,6 @@ import onnxruntime as ort
 import pytest
 
 from scorer.cli import main
-from scorer.contract import META_CARD, META_VOCAB_SHA256
 from scorer.errors import UserError
 from scorer.export.onnx_export import export_model, read_metadata
 from scorer.export.validate import (
@@ -17,6 +16,7 @@ from scorer.export.validate import (
     validate_against_torch,
     validation_provider,
 )
+from scorer.runtime.contract import META_CARD, META_VOCAB_SHA256
 from tests.helpers import make_model_dir
 
 VARIANTS = [

@@ -10,14 +10,14 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper, shape_inference
 
-from scorer.contract import INPUTS, META_PRECISION, OUTPUTS
 from scorer.export.fp16 import FP16_TOLERANCE, run_reference, to_fp16, validate_fp16
 from scorer.export.int8_check import check_int8
 from scorer.export.onnx_export import export_model, quantize_int8
 from scorer.export.validate import make_batch, torch_outputs
-from scorer.model_dir import ModelDir
-from scorer.presets import resolve
-from scorer.train import TrainJob, train_model
+from scorer.runtime.contract import INPUTS, META_PRECISION, OUTPUTS
+from scorer.runtime.model_dir import ModelDir
+from scorer.train.job import TrainJob, train_model
+from scorer.train.presets import resolve
 from tests.helpers import make_model_dir, write_reviews
 from tests.test_export import VARIANTS
 

@@ -12,11 +12,12 @@ import time
 
 import pytest
 
-from scorer import output, run
 from scorer.cli import INTERNAL, IO_ERROR, main
+from scorer.engines.local import run
+from scorer.engines.local.run import RunJob, partial_dir, run_scoring
 from scorer.export.onnx_export import export_model
-from scorer.io import lock_output
-from scorer.run import RunJob, partial_dir, run_scoring
+from scorer.io import parts as output
+from scorer.io.files import lock_output
 from tests.helpers import make_model_dir, write_reviews
 
 # On the CPU: resumed bytes equal an uninterrupted run's for any batch size there; CUDA picks
@@ -129,7 +130,7 @@ def test_a_second_run_on_the_same_output_is_refused_and_deletes_nothing(
 _HOLDER = """
 import sys, time
 from pathlib import Path
-from scorer.io import lock_output
+from scorer.io.files import lock_output
 lock = lock_output(Path(sys.argv[1]), directory=True)
 Path(sys.argv[2]).write_text("locked")
 time.sleep(600)

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from scorer.cli import main
+from scorer.engines.local.run import partial_dir
 from scorer.export.onnx_export import export_model
-from scorer.run import partial_dir
 from tests.helpers import make_model_dir, make_reviews
 
 

@@ -8,11 +8,11 @@ import onnx
 import pytest
 
 from scorer.cli import INTERNAL, main
-from scorer.contract import META_CARD, META_FORMAT_VERSION
 from scorer.export.onnx_export import export_model
-from scorer.model_dir import ModelDir
-from scorer.onnx_file import read_facts
-from scorer.session import file_sha256
+from scorer.runtime.contract import META_CARD, META_FORMAT_VERSION
+from scorer.runtime.model_dir import ModelDir
+from scorer.runtime.onnx_file import read_facts
+from scorer.runtime.session import file_sha256
 from tests.helpers import make_model_dir, write_reviews
 
 

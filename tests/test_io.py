@@ -1,4 +1,4 @@
-"""scorer.io: umask-safe temporary files, fsync-before/after-rename, directory publishing, and
+"""scorer.io.files: umask-safe temporary files, fsync-before/after-rename, directory publishing, and
 the one-writer output lock (checked against a second real process)."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from scorer import io
 from scorer.errors import UserError
-from scorer.io import (
+from scorer.io import files as io
+from scorer.io.files import (
     OutputLock,
     atomic_path,
     atomic_write_bytes,
@@ -56,7 +56,9 @@ def test_modes_follow_the_process_umask_without_calling_umask(tmp_path):
         def refuse(mask):
             raise AssertionError("os.umask called")
         os.umask = refuse
-        from scorer.io import atomic_write_bytes, atomic_write_text, make_temp_dir, publish_dir
+        from scorer.io.files import (
+            atomic_write_bytes, atomic_write_text, make_temp_dir, publish_dir,
+        )
         base = Path({str(tmp_path)!r})
         atomic_write_text(base / "a.txt", "x")
         atomic_write_bytes(base / "b.bin", b"x")
@@ -267,7 +269,7 @@ def test_a_live_holder_in_another_process_is_named_then_a_dead_one_is_taken_over
         f"""
         import time
         from pathlib import Path
-        from scorer.io import lock_output
+        from scorer.io.files import lock_output
         with lock_output(Path({str(lock_target)!r})):
             Path({str(ready)!r}).write_text("")
             time.sleep(120)

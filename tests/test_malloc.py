@@ -1,4 +1,5 @@
-"""glibc malloc settings (scorer.malloc): what is set, when it stands aside, and its effect."""
+"""glibc malloc settings (scorer.runtime.malloc): what is set, when it stands aside, and its
+effect."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import sys
 
 import pytest
 
-from scorer import malloc
-from scorer import train as train_module
+from scorer.runtime import malloc
+from scorer.train import job as train_module
 from tests.helpers import write_reviews
 from tests.test_train import job
 
@@ -78,7 +79,7 @@ def test_a_refused_setting_is_reported(libc) -> None:
 # Straight from libc, not numpy: numpy asks for huge pages, 512 times fewer faults.
 FAULTS = """
 import ctypes, resource, sys
-from scorer.malloc import keep_freed_memory
+from scorer.runtime.malloc import keep_freed_memory
 if sys.argv[1] == "kept":
     assert keep_freed_memory()
 libc = ctypes.CDLL("libc.so.6")

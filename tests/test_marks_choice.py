@@ -1,4 +1,4 @@
-"""The punctuation marks chosen on validation before training (scorer.marks_choice)."""
+"""The punctuation marks chosen on validation before training (scorer.train.marks_choice)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import polars as pl
 import pytest
 import torch
 
-from scorer.config import ModelConfig, TokenizerConfig
-from scorer.data import Labels
-from scorer.device import choose_runtime
-from scorer.fit import Objective
-from scorer.marks_choice import settle_tokenizer
-from scorer.presets import resolve
-from scorer.train import TrainJob, train_model
+from scorer.io.labelled import Labels
+from scorer.nn.device import choose_runtime
+from scorer.runtime.config import ModelConfig, TokenizerConfig
+from scorer.train.fit import Objective
+from scorer.train.job import TrainJob, train_model
+from scorer.train.marks_choice import settle_tokenizer
+from scorer.train.presets import resolve
 from tests.helpers import write_reviews
 
 WORDS = {0: ["poor", "torn", "awful"], 1: ["lovely", "great", "soft"]}

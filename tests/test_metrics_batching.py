@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scorer.batching import bucket_batches, padding_fraction, random_batches
-from scorer.metrics import macro_f1, nearest_label, rating_metrics
+from scorer.runtime.metrics import macro_f1, nearest_label, rating_metrics
+from scorer.train.batching import bucket_batches, padding_fraction, random_batches
 
 LABELS = (1.0, 2.0, 3.0, 4.0, 5.0)
 

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scorer.config import ModelConfig
-from scorer.model import ReviewLSTM
+from scorer.nn.model import ReviewLSTM
+from scorer.runtime.config import ModelConfig
 
 VOCAB, STEPS = 40, 9
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from scorer.pipeline import Pipeline, Stage
+from scorer.engines.local.pipeline import Pipeline, Stage
 
 
 @pytest.mark.parametrize(("workers", "depth"), [(1, 1), (3, 1), (2, 4)])

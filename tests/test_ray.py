@@ -14,11 +14,11 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray Data is not installed (pip install 'scorer[ray]')")
 
 from scorer.cli import main  # noqa: E402
+from scorer.engines.local.run import RunJob, partial_dir  # noqa: E402
+from scorer.engines.ray.engine import Sizing, run_on_ray, size_pool, start_ray  # noqa: E402
+from scorer.engines.ray.predictor import RatingPredictor  # noqa: E402
 from scorer.errors import UserError  # noqa: E402
 from scorer.export.onnx_export import export_model  # noqa: E402
-from scorer.ray import RatingPredictor  # noqa: E402
-from scorer.ray_engine import Sizing, run_on_ray, size_pool, start_ray  # noqa: E402
-from scorer.run import RunJob, partial_dir  # noqa: E402
 from tests.helpers import make_model_dir  # noqa: E402
 
 KILL_MARKER = "SCORER_TEST_KILL_MARKER"
@@ -159,8 +159,8 @@ def test_resume_scores_only_the_units_left(cluster, tmp_path, model, reviews, lo
 
 
 def _state(model, reviews) -> dict:
-    from scorer.model_dir import ModelDir
-    from scorer.sources import open_source
+    from scorer.io.source import open_source
+    from scorer.runtime.model_dir import ModelDir
 
     card = ModelDir.open(model).card
     return {

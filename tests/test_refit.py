@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from scorer import refit as refit_module
-from scorer.config import ModelConfig, TrainConfig
-from scorer.fit import Objective, fit, fit_epochs
-from scorer.model import ReviewLSTM
-from scorer.presets import resolve
-from scorer.train import train_model
-from scorer.train_data import join
-from scorer.vocab import PAD_ID
+from scorer.nn.model import ReviewLSTM
+from scorer.runtime.config import ModelConfig, TrainConfig
+from scorer.text.vocab import PAD_ID
+from scorer.train import refit as refit_module
+from scorer.train.data import join
+from scorer.train.fit import Objective, fit, fit_epochs
+from scorer.train.job import train_model
+from scorer.train.presets import resolve
 from tests.helpers import word_sets, write_reviews
 from tests.test_train import job
 

@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from scorer.cli import main
+from scorer.engines.local.evaluate import EvalJob, evaluate
+from scorer.engines.local.run import RunJob, partial_dir, run_scoring
 from scorer.errors import UserError
-from scorer.evaluate import EvalJob, evaluate
 from scorer.export.onnx_export import export_model
-from scorer.run import RunJob, partial_dir, run_scoring
-from scorer.session import open_scorer
+from scorer.runtime.session import open_scorer
 from tests.helpers import make_model_dir, make_reviews, write_reviews
 
 
@@ -73,7 +73,7 @@ def test_output_rows_columns_order_and_metadata(tmp_path, model, reviews) -> Non
 
 
 def test_scores_match_direct_session_on_encoded_rows(tmp_path, model, reviews) -> None:
-    from scorer.model_dir import ModelDir
+    from scorer.runtime.model_dir import ModelDir
 
     out = tmp_path / "s.parquet"
     run(model, reviews, out)

@@ -1,4 +1,4 @@
-"""scorer.session: graph per provider, honest CUDA fallback, CPU slices, device-resident IO.
+"""scorer.runtime.session: graph per provider, honest CUDA fallback, CPU slices, device-resident IO.
 
 There is no GPU here: a fake ``onnxruntime`` module stands in for onnxruntime-gpu. It reports
 the CUDA provider as built, creates real CPU sessions underneath, and either reports the
@@ -15,12 +15,12 @@ import numpy as np
 import onnxruntime as real_ort
 import pytest
 
-from scorer import session as session_module
-from scorer.cpus import available_cpus
 from scorer.errors import UserError
 from scorer.export.onnx_export import export_model
-from scorer.model_dir import ModelDir
-from scorer.session import (
+from scorer.runtime import session as session_module
+from scorer.runtime.cpus import available_cpus
+from scorer.runtime.model_dir import ModelDir
+from scorer.runtime.session import (
     CpuRunner,
     DeviceRunner,
     cpu_slices,

@@ -1,4 +1,4 @@
-"""The one reader (scorer.sources): every input kind and shape gives the same rows in the same
+"""The one reader (scorer.io.source): every input kind and shape gives the same rows in the same
 order, resumed reads start exactly where asked, and an object-store URL is read by the local
 engine (against moto's S3 server on loopback)."""
 
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from scorer.cli import main
 from scorer.errors import UserError
 from scorer.export.onnx_export import export_model
-from scorer.sources import open_source
+from scorer.io.source import open_source
 from tests.helpers import make_model_dir, make_reviews
 
 TEXT = ["Title", "Review Text"]

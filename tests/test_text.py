@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scorer.data import read_table, read_texts
-from scorer.specials import load_specials, specials_from_spacy
-from scorer.text import clean, tokenize
+from scorer.io.labelled import read_table, read_texts
+from scorer.text.encode import clean, tokenize
+from scorer.text.specials import load_specials, specials_from_spacy
 
 # The dev extra has spaCy, the reference these tests hold the tokenizer to; a host without
 # it (the CUDA device check's) skips them rather than failing to collect.
@@ -161,8 +161,8 @@ def test_parity_on_every_reference_review(reference_data) -> None:
 
 
 _BOUNDS = """
-from scorer.text import tokenize
-from scorer.vocab import Vocab
+from scorer.text.encode import tokenize
+from scorer.text.vocab import Vocab
 texts = ["a \\x0b\\x0b", "dont\\x0c", "  ", "\\x0b", "x" * 300, "a b \\x1f \\x1c", "!", "a!?", "! "]
 for marks in ("", "!?"):
     vocab = Vocab.build(texts, min_count=1, marks=marks)

@@ -9,15 +9,15 @@ import polars as pl
 import pytest
 import torch
 
-from scorer import presets
-from scorer import train as train_module
 from scorer.cli import main
-from scorer.config import ModelCard
-from scorer.device import CUDA_AUTO_PRECISION, Precision, Runtime
 from scorer.errors import UserError
-from scorer.model_dir import ModelDir
-from scorer.presets import CUDA_DEFAULT, apply_batch_preset, batch_preset, resolve
-from scorer.train import TrainJob, train_model
+from scorer.nn.device import CUDA_AUTO_PRECISION, Precision, Runtime
+from scorer.runtime.config import ModelCard
+from scorer.runtime.model_dir import ModelDir
+from scorer.train import job as train_module
+from scorer.train import presets
+from scorer.train.job import TrainJob, train_model
+from scorer.train.presets import CUDA_DEFAULT, apply_batch_preset, batch_preset, resolve
 from tests.helpers import make_reviews, write_reviews, write_vectors
 
 SMALL = {
@@ -111,9 +111,9 @@ def test_same_seed_same_metrics(tmp_path, reviews) -> None:
 
 @pytest.mark.parametrize("rate", [0.05, 0.2, 0.5, 0.999])
 def test_token_dropout_hides_real_tokens_at_its_rate_and_never_padding(rate) -> None:
-    from scorer.fit import drop_tokens
-    from scorer.train_data import Batch
-    from scorer.vocab import PAD_ID, UNK_ID
+    from scorer.text.vocab import PAD_ID, UNK_ID
+    from scorer.train.data import Batch
+    from scorer.train.fit import drop_tokens
 
     torch.manual_seed(0)
     lengths = torch.randint(1, 200, (256,))
@@ -135,7 +135,7 @@ def test_token_dropout_hides_real_tokens_at_its_rate_and_never_padding(rate) -> 
 def test_training_hides_tokens_at_the_configured_rate_deterministically(
     tmp_path, reviews, monkeypatch, rate
 ) -> None:
-    from scorer import fit as fit_module
+    from scorer.train import fit as fit_module
 
     hidden, real = [], []
     real_drop = fit_module.drop_tokens
@@ -243,7 +243,7 @@ def test_training_steps_never_read_tensors_on_the_host(
     monkeypatch.setattr(train_module, "choose_runtime", lambda device, precision: runtime)
     reads = HostReads(monkeypatch)
     counts = []
-    from scorer import search as search_module
+    from scorer.train import search as search_module
 
     real_fit = search_module.fit
 
@@ -484,9 +484,9 @@ def test_tampered_model_dir_is_refused(tmp_path, reviews) -> None:
 
 
 def test_eval_warns_when_it_sees_the_training_rows(tmp_path, reviews, capsys) -> None:
-    from scorer.evaluate import EvalJob, evaluate
+    from scorer.engines.local.evaluate import EvalJob, evaluate
     from scorer.export.onnx_export import export_model
-    from scorer.text import row_hashes
+    from scorer.text.encode import row_hashes
 
     # The last (test) row repeats the first (training) row's text, as short reviews do.
     frame = pl.read_parquet(reviews)
@@ -532,8 +532,8 @@ def test_eval_warns_when_it_sees_the_training_rows(tmp_path, reviews, capsys) ->
     ],
 )
 def test_min_samples_gives_small_data_more_epochs(rows, batch, epochs, min_samples, want):
-    from scorer.config import TrainConfig
-    from scorer.presets import apply_min_samples
+    from scorer.runtime.config import TrainConfig
+    from scorer.train.presets import apply_min_samples
 
     train = TrainConfig(
         epochs=epochs, batch_size=batch, min_samples=min_samples, from_preset=("epochs",)
@@ -557,7 +557,7 @@ def test_the_wide_path_learns_and_exports_exactly(tmp_path, reviews) -> None:
 
 @pytest.mark.parametrize(("averaged_loss", "kept"), [(0.5, True), (1.5, False)])
 def test_checkpoint_averaging_is_kept_only_when_better(monkeypatch, averaged_loss, kept) -> None:
-    from scorer import fit as fit_module
+    from scorer.train import fit as fit_module
 
     model = torch.nn.Linear(2, 1)
     window = [{"weight": torch.full((1, 2), v), "bias": torch.zeros(1)} for v in (1.0, 3.0)]
@@ -624,7 +624,7 @@ def test_the_search_on_validation_keeps_the_lowest_val_loss(tmp_path, reviews, b
     ],
 )
 def test_the_search_keeps_the_lowest_objective_not_the_lowest_nll(trials, kept) -> None:
-    from scorer.search import kept_trial
+    from scorer.train.search import kept_trial
 
     rows = [{"variant": v, "val_loss": loss, "val_nll": nll} for v, loss, nll in trials]
     assert kept_trial(rows)["variant"] == kept
@@ -666,7 +666,7 @@ ALONE = "distill_weight=0.0"
     ],
 )
 def test_the_search_never_overrides_or_repeats_a_users_setting(given, variants) -> None:
-    from scorer.presets import search_candidates, settle_teacher
+    from scorer.train.presets import search_candidates, settle_teacher
 
     train = settle_teacher(resolve(given)[2], regression=False, external=False)
     candidates = search_candidates(train)
@@ -693,7 +693,7 @@ def test_the_search_never_overrides_or_repeats_a_users_setting(given, variants) 
     ],
 )
 def test_the_search_is_planned_from_the_datas_size(options, tokens, planned) -> None:
-    from scorer.presets import search_candidates, search_plan
+    from scorer.train.presets import search_candidates, search_plan
 
     model, _, train = resolve(options)
     count = len(search_candidates(train))

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scorer.errors import UserError
-from scorer.text import tokenize
-from scorer.vocab import PAD, UNK, Vocab
+from scorer.text.encode import tokenize
+from scorer.text.vocab import PAD, UNK, Vocab
 
 TEXTS = ["Great dress, great fit!", "great  price", "Don't buy. Bad fit", "", None, "fit fit fit"]
 
@@ -71,7 +71,7 @@ def test_malformed_vocabularies_are_refused(bad: tuple[str, ...]) -> None:
 
 def test_text_and_vocab_import_neither_torch_nor_spacy() -> None:
     code = (
-        "import sys, scorer.text, scorer.vocab, scorer.data, scorer.cli;"
+        "import sys, scorer.text.encode, scorer.text.vocab, scorer.io.labelled, scorer.cli;"
         "bad = {'torch', 'spacy'} & set(sys.modules); assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,1 @@
+"""The two engines over the same scoring steps: ``local`` (one machine) and ``ray``."""
