@@ -29,17 +29,10 @@ from scorer.io.labelled import (
     read_table,
     read_texts,
 )
+from scorer.nn.ngrams import positions, word_mask
 from scorer.text.vocab import Vocab
 from scorer.train.blend import C_GRID
-from scorer.train.ngram_fit import (
-    BUCKETS,
-    design,
-    fit_idf,
-    fit_logistic,
-    positions,
-    products,
-    word_mask,
-)
+from scorer.train.ngram_fit import BUCKETS, design, fit_idf, fit_logistic, products
 from scorer.train.presets import fit_lengths, resolve
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import interleaved, machine, median, save
+from scorer.train.checkpoint import load_model
 
 THREADS = 2
 
@@ -104,7 +105,7 @@ def runners(model_dir: Path, work: Path, width: int):
     from scorer.runtime.session import CpuRunner, open_session, slice_rows_for
 
     directory = ModelDir.open(model_dir)
-    model = directory.load_model()
+    model = load_model(directory)
     hidden = model.config.hidden_dim
     naive = work / "naive.onnx"
     naive_export(model, naive, 2, width)

@@ -22,6 +22,7 @@ import numpy as np
 from benchmarks.common import DEFAULT_REVIEWS, DEFAULT_SPLIT, REPO, machine, save
 from scorer.io.labelled import DEFAULT_TEXT_COLUMNS, read_split_file, read_table, read_texts
 from scorer.text.vocab import Vocab
+from scorer.train.checkpoint import load_model
 from scorer.train.job import TrainJob, train_model
 from scorer.train.presets import resolve
 
@@ -141,7 +142,7 @@ def onnx_parity(model_dir: Path) -> dict[str, object]:
         tail=tok.tail,
         marks=tok.marks,
     )
-    reference = ReferenceOutputs(directory.load_model(), card.labels)
+    reference = ReferenceOutputs(load_model(directory), card.labels)
     with torch.inference_mode():
         want, _ = reference(
             torch.from_numpy(enc.ids), torch.from_numpy(enc.lengths.astype(np.int64))

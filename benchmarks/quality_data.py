@@ -222,8 +222,8 @@ def recorded_run(
     config is the recipe ``model, tok, train`` resolve to (the candidate its search kept),
     apart from what training fits to the data and the device; where the recipe chooses the
     marks, with ``marks_kept``, the ones its choice keeps."""
+    from scorer.io.files import file_sha256
     from scorer.runtime.config import ModelCard
-    from scorer.runtime.session import file_sha256
     from scorer.train.presets import apply_batch_preset, search_candidates, settle_teacher
 
     card = ModelCard.load(directory / "config.json")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scorer.train.checkpoint import load_model
+
 BATCH = 5000
 
 
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     seconds: dict[str, float] = {}
     began = time.perf_counter()
     directory = ModelDir.open(model_dir)
-    model = directory.load_model()
+    model = load_model(directory)
     index = directory.vocab().index
     max_len = directory.card.tokenizer.max_len
     tokenizer = spacy.blank("en").tokenizer

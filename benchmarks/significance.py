@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
+from scorer.train.checkpoint import load_model
+
 if TYPE_CHECKING:
     from scorer.io.labelled import Labels
 
@@ -137,7 +139,7 @@ def model_row_scores(
             raise SystemExit(f"{path}: labels {card.labels}, the data's are {list(labels)}")
         data = to_dataset(directory.vocab(), texts, true_index, labels, card.tokenizer, runtime)
         values = torch.tensor(labels, dtype=torch.float32)
-        model = directory.load_model()
+        model = load_model(directory)
         prediction = predict(model, data, labels, runtime, Objective(card.model, values))
         preds.append(prediction.pred_index)
         expected.append(prediction.expected)

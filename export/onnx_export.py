@@ -27,6 +27,7 @@ from scorer.runtime.contract import (
     OUTPUTS,
 )
 from scorer.runtime.model_dir import ModelDir
+from scorer.train.checkpoint import load_model
 
 DEFAULT_OPSET = 17
 
@@ -44,7 +45,7 @@ class GraphEntry:
     report: Any = None
 
     def record(self) -> dict[str, str]:
-        from scorer.runtime.session import file_sha256
+        from scorer.io.files import file_sha256
 
         return {
             "sha256": file_sha256(self.path),
@@ -167,7 +168,7 @@ def export_model(
 
     start = time.perf_counter()
     model_dir = ModelDir.open(model_dir_path)
-    model = model_dir.load_model()
+    model = load_model(model_dir)
     fold = _want_fold(graph, model_dir.card.model.layers, opset)
     entries: list[GraphEntry] = []
     cpu_path = model_dir.path / GRAPH_FILES[("cpu", "fp32")]
@@ -196,7 +197,7 @@ def export_graph(model_dir_path: Path, path: Path, *, fold: bool, opset: int = D
     """One validated graph written anywhere (benchmarks compare graphs this way); not
     recorded in config.json, so ``scorer run`` never loads it."""
     model_dir = ModelDir.open(model_dir_path)
-    model = model_dir.load_model()
+    model = load_model(model_dir)
     with atomic_path(Path(path)) as tmp:
         return _export_validated(model_dir, model, tmp, opset, fold, "CPUExecutionProvider")
 

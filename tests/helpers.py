@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from scorer.train.checkpoint import write_model_dir
+
 WORDS = {
     1: ["awful", "terrible", "returned", "cheap", "ripped"],
     2: ["disappointing", "poor", "itchy", "tight", "meh"],
@@ -56,7 +58,6 @@ def make_model_dir(path: Path, *, variant: str = "packed", seed: int = 0, **mode
 
     from scorer.nn.model import ReviewLSTM
     from scorer.runtime.config import ModelConfig, TokenizerConfig, TrainConfig
-    from scorer.runtime.model_dir import ModelDir
     from scorer.text.vocab import Vocab
 
     frame = make_reviews(200, seed)
@@ -92,7 +93,7 @@ def make_model_dir(path: Path, *, variant: str = "packed", seed: int = 0, **mode
         "rmse": 1.0,
         "rmse_expected": 1.0,
     }
-    return ModelDir.write(
+    return write_model_dir(
         path,
         model=model.eval(),
         vocab=vocab,

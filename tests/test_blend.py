@@ -11,8 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scorer.nn.ngrams import hashed_pairs, positions
 from scorer.train.blend import fit_weights, linear_path
-from scorer.train.ngram_fit import design, expand, fit_idf, fit_logistic, positions, products
+from scorer.train.checkpoint import load_model
+from scorer.train.ngram_fit import design, expand, fit_idf, fit_logistic, products
 
 VOCAB, BUCKETS, CLASSES = 12, 16, 3
 
@@ -176,7 +178,7 @@ def test_training_with_blend_writes_a_model_that_loads_and_exports_exactly(
     job = TrainJob(data, tmp_path / "model", model_cfg, tok, train, ("Title", "Review Text"))
     result = train_model(job)
     metrics = json.loads((result.model_dir.path / "metrics.json").read_text())
-    model = ModelDir.open(result.model_dir.path).load_model()
+    model = load_model(ModelDir.open(result.model_dir.path))
     if not blended:  # regression has no logits to blend
         assert metrics["blend"] is None and model.linear is None
         return
@@ -244,3 +246,29 @@ def test_the_linear_path_is_kept_only_where_it_pays_for_its_weight_on_validation
     assert (model.linear is not None) is kept
     assert (model.config.linear_buckets == buckets) is kept
     torch.testing.assert_close(model.head.weight, head * blend.a)
+
+
+@settings(max_examples=60)
+@given(
+    st.lists(st.lists(st.integers(0, 49), min_size=1, max_size=9), min_size=1, max_size=6),
+    st.sampled_from([1, 7, 1024, 262_144]),
+)
+def test_the_fit_and_the_graph_hash_the_same_pairs(rows, buckets) -> None:
+    """The linear path's fit (numpy positions) and its graph (torch) read one n-gram
+    definition: every real pair of words lands in the same bucket."""
+    steps = max(len(r) for r in rows)
+    ids = np.zeros((len(rows), steps), dtype=np.int64)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+    lengths = np.array([len(r) for r in rows])
+    word = np.ones(50, dtype=bool)
+    word[[0, 1, 7]] = False  # <pad>, <unk>, a whitespace token
+    pos = positions(ids, lengths, word, buckets)
+    graph = hashed_pairs(torch.from_numpy(ids), buckets).numpy()
+    want = set()
+    for i, row in enumerate(rows):
+        for t in range(len(row) - 1):
+            if word[row[t]] and word[row[t + 1]]:
+                want.add((i, 50 + int(graph[i, t])))
+        want.update((i, v) for v in row if word[v])
+    assert set(zip(pos.rows.tolist(), pos.columns.tolist(), strict=True)) == want

@@ -17,6 +17,7 @@ from scorer.export.validate import (
     validation_provider,
 )
 from scorer.runtime.contract import META_CARD, META_VOCAB_SHA256
+from scorer.train.checkpoint import load_model
 from tests.helpers import make_model_dir
 
 VARIANTS = [
@@ -91,7 +92,7 @@ def test_packed_results_do_not_depend_on_padding_or_batch_mates(tmp_path) -> Non
 
 def test_regression_probs_interpolate_the_prediction(tmp_path) -> None:
     model_dir = make_model_dir(tmp_path / "m", variant="regression")
-    model = model_dir.load_model()
+    model = load_model(model_dir)
     rng = np.random.default_rng(1)
     vocab_size = model_dir.card.model.vocab_size
     ids, lengths = make_batch(50, lambda b: rng.integers(1, 25, b), vocab_size, 24, rng)

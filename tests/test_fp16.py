@@ -16,6 +16,7 @@ from scorer.export.onnx_export import export_model, quantize_int8
 from scorer.export.validate import make_batch, torch_outputs
 from scorer.runtime.contract import INPUTS, META_PRECISION, OUTPUTS
 from scorer.runtime.model_dir import ModelDir
+from scorer.train.checkpoint import load_model
 from scorer.train.job import TrainJob, train_model
 from scorer.train.presets import resolve
 from tests.helpers import make_model_dir, write_reviews
@@ -55,7 +56,7 @@ def _export_fused(model_dir: ModelDir) -> Path:
     from scorer.export.onnx_export import DEFAULT_OPSET, _stamp_metadata, _torch_export
 
     card, path = model_dir.card, model_dir.path / "fused.onnx"
-    graph = InferenceGraph(model_dir.load_model(), card.labels, card.tokenizer.max_len, False)
+    graph = InferenceGraph(load_model(model_dir), card.labels, card.tokenizer.max_len, False)
     _torch_export(graph, path, DEFAULT_OPSET)
     _stamp_metadata(path, model_dir, "fp32")
     return path
@@ -135,7 +136,7 @@ def test_fp16_graph_matches_pytorch_on_the_reference_evaluator(graphs, index) ->
     session = ort.InferenceSession(source.SerializeToString(), providers=["CPUExecutionProvider"])
     for want, got in zip(session.run(None, feeds), run_reference(source, feeds), strict=True):
         np.testing.assert_allclose(got, want, atol=2e-6)
-    report = validate_fp16(half, model_dir.load_model(), card, "cpu", batches=(3, 64))
+    report = validate_fp16(half, load_model(model_dir), card, "cpu", batches=(3, 64))
     assert report.passed, report.line()
     assert report.cases == 10 and report.worst_diff <= FP16_TOLERANCE
 
@@ -149,7 +150,7 @@ def test_fp16_arithmetic_is_really_fp16(graphs) -> None:
     feeds = {"input_ids": ids, "lengths": lengths}
     diff = np.abs(run_reference(half, feeds)[0] - run_reference(source, feeds)[0]).max()
     assert 1e-5 < diff < FP16_TOLERANCE
-    want, _ = torch_outputs(model_dir.load_model(), model_dir.card, ids, lengths)
+    want, _ = torch_outputs(load_model(model_dir), model_dir.card, ids, lengths)
     assert np.abs(run_reference(half, feeds)[0] - want).max() < FP16_TOLERANCE
 
 

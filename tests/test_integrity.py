@@ -9,10 +9,10 @@ import pytest
 
 from scorer.cli import INTERNAL, main
 from scorer.export.onnx_export import export_model
+from scorer.io.files import file_sha256
 from scorer.runtime.contract import META_CARD, META_FORMAT_VERSION
 from scorer.runtime.model_dir import ModelDir
 from scorer.runtime.onnx_file import read_facts
-from scorer.runtime.session import file_sha256
 from tests.helpers import make_model_dir, write_reviews
 
 

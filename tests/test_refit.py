@@ -14,6 +14,7 @@ from scorer.nn.model import ReviewLSTM
 from scorer.runtime.config import ModelConfig, TrainConfig
 from scorer.text.vocab import PAD_ID
 from scorer.train import refit as refit_module
+from scorer.train.checkpoint import load_model
 from scorer.train.data import join
 from scorer.train.fit import Objective, fit, fit_epochs
 from scorer.train.job import train_model
@@ -92,7 +93,7 @@ def test_the_refit_keeps_the_blend_weights_chosen_on_validation(
     # Counted and fitted again on 540 rows: the features' idf and the weights move.
     assert not np.array_equal(after.idf, before.idf)
     assert not torch.equal(after.weight, before.weight)
-    model = result.model_dir.load_model()
+    model = load_model(result.model_dir)
     assert model.linear is not None
     assert torch.allclose(
         model.linear.unigram_idf.double(),

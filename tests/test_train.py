@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from scorer.runtime.config import ModelCard
 from scorer.runtime.model_dir import ModelDir
 from scorer.train import job as train_module
 from scorer.train import presets
+from scorer.train.checkpoint import load_model
 from scorer.train.job import TrainJob, train_model
 from scorer.train.presets import CUDA_DEFAULT, apply_batch_preset, batch_preset, resolve
 from tests.helpers import make_reviews, write_reviews, write_vectors
@@ -94,7 +96,7 @@ def test_variants_learn_and_write_a_complete_model_dir(tmp_path, reviews, varian
     assert metrics["rows"] == {"train": 480, "val": 60, "test": 60}
     # The words carry the rating: every variant must beat the majority class (30%) clearly.
     assert result.test is not None and result.test.accuracy > 0.45
-    model = ModelDir.open(out).load_model()
+    model = load_model(ModelDir.open(out))
     if variant == "vectors":
         assert not model.embedding.weight.requires_grad
         assert torch.all(model.embedding.weight[0] == 0)
@@ -321,6 +323,59 @@ def test_resolve_knows_what_the_user_set(tmp_path) -> None:
     assert resolve({}, reference=True)[2].from_preset == ()
 
 
+@pytest.mark.parametrize(
+    ("items", "want"),
+    [
+        (["hidden_dim=48"], {"hidden_dim": 48}),
+        (["model.hidden_dim=48", "train.epochs=3"], {"hidden_dim": 48, "epochs": 3}),
+        (["pooling=last"], {"pooling": "last"}),  # not JSON: kept as text
+        (['marks="!?"'], {"marks": "!?"}),
+        (["blend=false", "lr=1e-3"], {"blend": False, "lr": 1e-3}),
+        (["max-len=64"], {"max_len": 64}),
+    ],
+)
+def test_set_reads_dotted_settings(items, want) -> None:
+    assert presets.parse_sets(items) == want
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        (["hidden_dim"], "write KEY=VALUE"),
+        (["=3"], "write KEY=VALUE"),
+        (["model.epochs=3"], "not a setting of a config section"),
+        (["optim.lr=1"], "not a setting of a config section"),
+        (["hiden_dim=48"], "unknown key"),
+    ],
+)
+def test_set_refuses_what_no_config_holds(items, message) -> None:
+    with pytest.raises(UserError, match=message):
+        presets.parse_sets(items)
+
+
+def test_set_sits_between_the_config_file_and_the_flags(tmp_path) -> None:
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"hidden_dim": 40, "epochs": 5}))
+    sets = presets.parse_sets(["hidden_dim=48", "layers=2"])
+    model, _, train = resolve(presets.RecipeOptions(layers=1), config_file=config, sets=sets)
+    assert (model.hidden_dim, model.layers, train.epochs) == (48, 1, 5)
+
+
+def test_every_train_flag_reaches_the_recipe() -> None:
+    """Each recipe flag of `scorer train` is a RecipeOptions field and a known recipe key."""
+    import inspect
+
+    from scorer.cli.train import train_command
+
+    flags = set(inspect.signature(train_command).parameters) - {
+        "data", "out", "text_col", "label_col", "split_file", "vectors", "teacher",
+        "reference", "config", "recipe", "overwrite", "set_",
+    }  # fmt: skip
+    fields = {f.name for f in dataclasses.fields(presets.RecipeOptions)}
+    assert flags == fields
+    assert fields - {"variant"} <= presets.KNOWN_KEYS
+
+
 def test_device_batch_preset_is_applied_and_recorded(tmp_path, reviews, monkeypatch) -> None:
     """The CUDA branch, forced on CPU: the preset fills only what the user left open."""
     monkeypatch.setitem(CUDA_DEFAULT, "batch_size", 48)
@@ -476,7 +531,7 @@ def test_tampered_model_dir_is_refused(tmp_path, reviews) -> None:
     config["model"]["hidden_dim"] = 99
     (out / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match=r"does not fit config\.json"):
-        ModelDir.open(out).load_model()
+        load_model(ModelDir.open(out))
     config["format_version"] = 999
     (out / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="format_version 999"):

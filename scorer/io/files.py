@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import secrets
 import shutil
@@ -21,6 +22,15 @@ from scorer.errors import UserError
 
 PID_FILE = "lock.pid"  # inside a locked directory: who holds it, readable without the lock
 _LOCK_ATTEMPTS = 10
+
+
+def file_sha256(path: Path) -> str:
+    """A file's sha256, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _temp_name(beside: Path) -> Path:

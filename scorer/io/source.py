@@ -157,7 +157,7 @@ class Source:
         lazy = self._select(self.scan(text=text_columns), columns, text_columns)
         if self.kind == "parquet":
             # One query per chunk, sliced at the footers: nothing is decoded ahead of what
-            # scoring asks for (a streaming query reads ahead, about 200 MB more at peak).
+            # scoring asks for (a streaming query decodes ahead and raises the peak RSS).
             total = self.count_rows() or 0
             for start in range(skip_rows, total, chunk_rows):
                 frame = self._collect(lambda s=start: lazy.slice(s, chunk_rows).collect())

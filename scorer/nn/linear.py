@@ -6,7 +6,8 @@ regression baseline is, does better on small data (README, *Model quality*: ``bl
 path holds such a model in a form the exported graph computes from the same token ids:
 
 * unigrams (a ``[V, K]`` table) and bigrams of adjacent words hashed into ``buckets`` rows
-  (``scorer.nn.wide``'s hash), whitespace tokens left out of both;
+  (``scorer.nn.ngrams``, the one definition of the features), whitespace tokens left out
+  of both;
 * each position weighted by its feature's idf (zero for features the training rows hold fewer
   than twice, for ``<pad>`` and ``<unk>``), the rows of the tables holding weight times idf;
 * the sum divided by the root of the summed squared idfs over the review's positions: TF-IDF's
@@ -18,7 +19,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from scorer.nn.wide import WideNgrams, hashed_pairs
+from scorer.nn.ngrams import hashed_pairs
+from scorer.nn.wide import WideNgrams
 
 IDF_SCALE = 16.0
 

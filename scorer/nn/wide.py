@@ -4,8 +4,8 @@ Trained jointly with the LSTM (its output is added to the LSTM head's logits), i
 a TF-IDF + logistic-regression model learns, quickly and from few examples, while the LSTM
 learns order and context. It reads the same token ids as the LSTM: a unigram is a row of a
 ``[V, K]`` table, and each pair of adjacent ids hashes to a row of a ``[buckets, K]`` table
-(``(a * PRIME + b) mod buckets``: plain integer arithmetic, so the exported graph computes
-exactly what PyTorch does). Rows at a review's real positions are summed and divided by the
+(``scorer.nn.ngrams``: plain integer arithmetic, so the exported graph computes exactly
+what PyTorch does). Rows at a review's real positions are summed and divided by the
 square root of their count, as TF-IDF's L2 normalization divides counts, so long reviews do
 not shout and one word of a short review still counts.
 """
@@ -14,21 +14,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from scorer.text.vocab import PAD_ID
-
-PRIME = 1_000_003
-
-
-def hashed_pairs(ids: torch.Tensor, buckets: int) -> torch.Tensor:
-    """[B, T]: the bucket of each pair of adjacent ids, the last id paired with ``<pad>``.
-
-    That last pair is never a real one (callers mask it), but it keeps the pair axis as long as
-    the time axis: with one token the pair axis would be empty, and onnxruntime's CUDA provider
-    refuses to sum over an empty axis (the CPU provider sums it to zero)."""
-    padded = F.pad(ids, (0, 1), value=PAD_ID)
-    return torch.remainder(padded[:, :-1] * PRIME + padded[:, 1:], buckets)
+from scorer.nn.ngrams import hashed_pairs
 
 
 class WideNgrams(nn.Module):

@@ -11,14 +11,15 @@ train_rows.npy  sorted 64-bit hashes of the training rows' text (``scorer eval``
 model*.onnx   written by `scorer export`: one graph per provider
               (scorer.runtime.contract.GRAPH_FILES),
               each one's sha256 recorded in config.json and checked at load
+
+Opened and checked here, without torch; the weights and the report are written and read by
+``scorer.train.checkpoint``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -27,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from scorer.errors import UserError
-from scorer.io.files import atomic_write_text, make_temp_dir, publish_dir
-from scorer.runtime.config import ModelCard, TokenizerConfig, TrainConfig
+from scorer.io.files import atomic_write_text
+from scorer.runtime.config import ModelCard
 from scorer.text.vocab import Vocab
 
 WEIGHTS, CONFIG, VOCAB, METRICS, REPORT, ONNX, FINGERPRINT = (
@@ -123,72 +124,3 @@ class ModelDir:
         updated = dataclasses.replace(card, graphs=dict(sorted(merged.items())))
         atomic_write_text(self.path / CONFIG, updated.to_json())
         return ModelDir(self.path, updated)
-
-    def load_model(self):
-        """The PyTorch model, rebuilt from config.json and checked against the weights."""
-        import torch
-
-        from scorer.nn.model import ReviewLSTM
-
-        weights = self.path / WEIGHTS
-        if not weights.is_file():
-            raise UserError(f"{self.path} has no {WEIGHTS}")
-        self.vocab()  # refuse a tampered vocabulary before anything else
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for a corrupt file
-            raise UserError(f"cannot load {weights}: {str(exc).splitlines()[0]}") from None
-        model = ReviewLSTM(self.card.model)
-        try:
-            model.load_state_dict(state, strict=True)
-        except (RuntimeError, TypeError) as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise UserError(f"{weights} does not fit config.json: {first}") from None
-        return model.eval()
-
-    @classmethod
-    def write(
-        cls,
-        out: Path,
-        *,
-        model,
-        vocab: Vocab,
-        tokenizer: TokenizerConfig,
-        train: TrainConfig,
-        labels: tuple[float, ...],
-        text_columns: tuple[str, ...],
-        metrics: dict[str, Any],
-        overwrite: bool,
-        training: dict[str, Any] | None = None,
-        fingerprint: np.ndarray | None = None,
-    ) -> ModelDir:
-        """Write everything into a temporary directory, then move it into place."""
-        import torch
-
-        out = Path(out)
-        prepare_output(out, overwrite=overwrite)
-        card = ModelCard(
-            model=model.config,
-            tokenizer=tokenizer,
-            train=train,
-            labels=tuple(labels),
-            text_columns=tuple(text_columns),
-            vocab_sha256=vocab.sha256,
-            versions=library_versions(),
-            training=dict(training or {}),
-        )
-        tmp = make_temp_dir(out)
-        try:
-            torch.save(model.state_dict(), tmp / WEIGHTS)
-            (tmp / CONFIG).write_text(card.to_json(), encoding="utf-8")
-            vocab.save(tmp / VOCAB)
-            if fingerprint is not None:
-                np.save(tmp / FINGERPRINT, np.unique(fingerprint.astype(np.uint64)))
-            (tmp / METRICS).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-            from scorer.train.report import write_report
-
-            write_report(tmp / REPORT, metrics)
-            publish_dir(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return cls(out, card)

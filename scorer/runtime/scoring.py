@@ -53,7 +53,7 @@ def check_graph(directory: ModelDir, path: Path) -> None:
         raise UserError(
             f"{path.name} is not recorded in {directory.path}/config.json: run `scorer export`"
         )
-    from scorer.runtime.session import file_sha256
+    from scorer.io.files import file_sha256
 
     if file_sha256(path) != entry.get("sha256"):
         raise UserError(

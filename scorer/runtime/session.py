@@ -11,7 +11,6 @@ settings (``--device cuda`` refuses the fallback).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from scorer.errors import UserError
+from scorer.io.files import file_sha256
 from scorer.runtime.contract import GRAPH_FILES, PRECISIONS
 from scorer.runtime.cpus import available_cpus
 
@@ -49,14 +49,6 @@ def onnxruntime() -> Any:
             "onnxruntime is not installed: pip install 'scorer[cpu]' (or 'scorer[gpu]' on CUDA)"
         ) from None
     return ort
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Runner(Protocol):

@@ -20,18 +20,10 @@ import torch
 
 from scorer.nn.linear import IdfNgrams
 from scorer.nn.model import ReviewLSTM
+from scorer.nn.ngrams import positions, word_mask
 from scorer.train.data import Dataset
 from scorer.train.fit import Objective, logits
-from scorer.train.ngram_fit import (
-    BUCKETS,
-    design,
-    expand,
-    fit_idf,
-    fit_logistic,
-    positions,
-    products,
-    word_mask,
-)
+from scorer.train.ngram_fit import BUCKETS, design, expand, fit_idf, fit_logistic, products
 
 C_GRID = (1.0, 4.0, 16.0)
 

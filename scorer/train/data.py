@@ -129,7 +129,7 @@ def training_fingerprint(
 ) -> dict[str, object]:
     """Which data trained the model: the file's sha256 and the rows of each split (the rows'
     own text hashes go to train_rows.npy, for `scorer eval` to recognise them)."""
-    from scorer.runtime.session import file_sha256
+    from scorer.io.files import file_sha256
 
     return {
         "data": Path(data).name,

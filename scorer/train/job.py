@@ -28,6 +28,7 @@ from scorer.runtime.metrics import Metrics, rating_metrics
 from scorer.runtime.model_dir import ModelDir, prepare_output
 from scorer.text.encode import row_hashes
 from scorer.train.blend import choose_blend, fold
+from scorer.train.checkpoint import write_model_dir
 from scorer.train.data import padding_stats, training_fingerprint
 from scorer.train.fit import Objective, predict
 from scorer.train.marks_choice import settle_tokenizer
@@ -199,7 +200,7 @@ def train_model(job: TrainJob) -> TrainResult:
     seconds = time.perf_counter() - start
     # The rows the final model learned from, for `scorer eval` to recognise.
     seen = np.concatenate([rows["train"], rows["val"]]) if refitted else rows["train"]
-    model_dir = ModelDir.write(
+    model_dir = write_model_dir(
         job.out,
         model=model.cpu(),
         vocab=vocab,

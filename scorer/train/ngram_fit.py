@@ -1,53 +1,19 @@
-"""The linear model over idf-weighted n-grams that ``scorer.train.blend`` fits: each review's
-features (unigram ids, hashed bigrams), their smoothed idf, the sparse design matrix, and a
+"""The linear model over idf-weighted n-grams that ``scorer.train.blend`` fits: the features'
+(``scorer.nn.ngrams``) smoothed idf, the sparse design matrix, and a
 multinomial logistic regression fitted to convergence by full-batch L-BFGS."""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from scorer.nn.wide import PRIME
+from scorer.nn.ngrams import Positions
 from scorer.text.vocab import PAD_ID, UNK_ID
 
 MIN_DF = 2
 BUCKETS = 262_144
-
-
-@dataclass(frozen=True)
-class Positions:
-    """The features at each position of n reviews: (row, column) pairs, columns being
-    unigram ids, then ``V +`` bigram buckets."""
-
-    rows: np.ndarray
-    columns: np.ndarray
-    n: int
-
-
-def word_mask(tokens: Sequence[str]) -> np.ndarray:
-    """Which vocabulary ids are words (features): not whitespace tokens, ``<pad>`` or ``<unk>``."""
-    word = np.array([not t.isspace() for t in tokens])
-    word[[PAD_ID, UNK_ID]] = False
-    return word
-
-
-def positions(ids: np.ndarray, lengths: np.ndarray, word: np.ndarray, buckets: int) -> Positions:
-    n, steps = ids.shape
-    ids = ids.astype(np.int64)
-    lengths = np.clip(lengths, 1, steps)
-    real = np.arange(steps)[None, :] < lengths[:, None]
-    words = real & word[ids]
-    r1, c1 = np.nonzero(words)
-    pairs = (ids[:, :-1] * PRIME + ids[:, 1:]) % buckets
-    r2, c2 = np.nonzero(words[:, :-1] & words[:, 1:])
-    vocab = len(word)
-    return Positions(
-        np.concatenate([r1, r2]), np.concatenate([ids[r1, c1], vocab + pairs[r2, c2]]), n
-    )
 
 
 def fit_idf(train: Positions, vocab: int, buckets: int) -> np.ndarray:
