@@ -16,8 +16,8 @@ from scorer.cli import INTERNAL, IO_ERROR, main
 from scorer.engines.local import run
 from scorer.engines.local.run import RunJob, partial_dir, run_scoring
 from scorer.export.onnx_export import export_model
-from scorer.io import parts as output
 from scorer.io.files import lock_output
+from scorer.runtime import output
 from tests.helpers import make_model_dir, write_reviews
 
 # On the CPU: resumed bytes equal an uninterrupted run's for any batch size there; CUDA picks

@@ -15,7 +15,7 @@ SCORING = [
     "scorer.runtime.scoring",
     "scorer.runtime.model_dir",
     "scorer.io.source",
-    "scorer.io.parts",
+    "scorer.runtime.output",
     "scorer.io.labelled",
     "scorer.text.encode",
     "scorer.text.vocab",

@@ -24,7 +24,6 @@ from scorer import __version__
 from scorer.engines.local.pipeline import Pipeline, Stage
 from scorer.errors import UserError
 from scorer.io.files import atomic_write_text, lock_output
-from scorer.io.parts import OutputSpec, assemble, part_name, trusted_parts, write_part
 from scorer.io.source import (
     Source,
     check_columns,
@@ -36,6 +35,7 @@ from scorer.progress import Progress
 from scorer.runtime.cpus import available_cpus
 from scorer.runtime.malloc import limit_arenas
 from scorer.runtime.model_dir import resolve_model_dir
+from scorer.runtime.output import OutputSpec, assemble, part_name, trusted_parts, write_part
 from scorer.runtime.scoring import Chunk, LoadedModel, encode_chunk, infer_chunk, open_model
 
 STATE = "state.json"

@@ -34,7 +34,6 @@ from scorer.engines.ray.output import (
 from scorer.engines.ray.predictor import ModelBundle, RatingPredictor, read_reviews
 from scorer.errors import UserError
 from scorer.io.files import lock_output
-from scorer.io.parts import trusted_parts
 from scorer.io.source import (
     check_columns,
     default_keep_columns,
@@ -43,6 +42,7 @@ from scorer.io.source import (
 )
 from scorer.runtime.cpus import available_cpus
 from scorer.runtime.model_dir import ModelDir, resolve_model_dir
+from scorer.runtime.output import trusted_parts
 
 # A pipeline that makes no progress this long is stuck (e.g. a cluster without the resources
 # the pool asked for): fail it with Ray's timeout error rather than hang a nightly job.

@@ -1,7 +1,7 @@
 """The Ray engine's output directory: parts written by Ray tasks, the run's state, what a
 resumed run still has to score, and publishing the directory with its manifest.
 
-Parts are the local engine's (``scorer.io.parts.write_part``: written under a temporary name,
+Parts are the local engine's (``scorer.runtime.output.write_part``: written under a temporary name,
 fsynced, renamed), named by the input rows they hold, so a part is either whole or absent,
 and coverage of rows 0..N is what "complete" means.
 """
@@ -25,9 +25,9 @@ from scorer.engines.local.run import RunJob, RunSummary, manifest_path
 from scorer.engines.ray.predictor import LOSSY, read_units
 from scorer.errors import UserError
 from scorer.io.files import atomic_write_text, fsync_dir, publish_dir
-from scorer.io.parts import LOSSY_KEY, part_name, write_part
 from scorer.io.source import Source
 from scorer.runtime.model_dir import ModelDir
+from scorer.runtime.output import LOSSY_KEY, part_name, write_part
 
 _PART = re.compile(r"part-(\d{12})-(\d{12})\.parquet$")
 

@@ -90,7 +90,7 @@ class RatingPredictor:
         chunk_rows: int = 50_000,
         report_lossy: bool = False,
     ) -> None:
-        from scorer.io.parts import OutputSpec
+        from scorer.runtime.output import OutputSpec
         from scorer.runtime.scoring import open_model
 
         if type(model).__name__ == "ObjectRef":
