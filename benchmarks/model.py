@@ -223,7 +223,7 @@ def _sliced(session, hidden: int):
     scorer.runtime.session.OnnxScorer (for graphs whose inputs differ from the contract's)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from scorer.runtime.session import cpu_slices, slice_rows_for
+    from scorer.runtime.session import plan_slices, slice_rows_for
 
     pool = ThreadPoolExecutor(THREADS)
     outputs = [o.name for o in session.get_outputs()]
@@ -238,7 +238,8 @@ def _sliced(session, hidden: int):
         return binding.copy_outputs_to_cpu()
 
     def make(ids: np.ndarray, lengths: np.ndarray):
-        slices = cpu_slices(len(ids), THREADS, slice_rows_for(hidden))
+        plan = plan_slices([len(ids)], [ids.shape[1]], THREADS, slice_rows_for(hidden))
+        slices = [s for _, s in plan]
         parts = [_feeds(session, ids[s], lengths[s]) for s in slices]
         return lambda: list(pool.map(call, parts))
 

@@ -14,6 +14,8 @@ from types import SimpleNamespace
 import numpy as np
 import onnxruntime as real_ort
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from scorer.errors import UserError
 from scorer.export.onnx_export import export_model
@@ -21,11 +23,13 @@ from scorer.runtime import session as session_module
 from scorer.runtime.cpus import available_cpus
 from scorer.runtime.model_dir import ModelDir
 from scorer.runtime.session import (
+    MIN_SLICE_ROWS,
     CpuRunner,
     DeviceRunner,
     cpu_slices,
     open_scorer,
     open_session,
+    plan_slices,
     slice_rows_for,
 )
 from tests.helpers import make_model_dir
@@ -190,24 +194,66 @@ def test_a_model_without_a_cuda_graph_runs_on_the_cpu_under_auto(monkeypatch, tm
 
 
 @pytest.mark.parametrize(
-    ("rows", "workers", "sizes"),
+    ("rows", "count", "sizes"),
     [
         (0, 2, [0]),
         (1, 2, [1]),
         (3, 2, [2, 1]),
         (100, 4, [25, 25, 25, 25]),
-        (2048, 2, [1024, 1024]),
-        (4096, 2, [1024] * 4),
-        (5000, 2, [1000] * 5),
-        (5000, 8, [625] * 8),
+        (5000, 5, [1000] * 5),
     ],
 )
-def test_cpu_slices_cover_the_batch_in_order(rows, workers, sizes) -> None:
-    slices = cpu_slices(rows, workers, 1024)
+def test_cpu_slices_cover_the_rows_in_order(rows, count, sizes) -> None:
+    slices = cpu_slices(rows, count)
     assert [s.stop - s.start for s in slices] == sizes
     assert slices[0].start == 0 and slices[-1].stop == rows
     assert all(a.stop == b.start for a, b in pairwise(slices))
-    assert max(sizes) <= 1024
+
+
+@pytest.mark.parametrize(
+    ("rows", "widths", "workers", "slice_rows", "sizes"),
+    [
+        # 16 workers, 2,048-row batches, hidden 128: whole L2-sized slices, not 16 of 128.
+        ([2048] * 25, [40] * 25, 16, 512, {512}),
+        # hidden 32 (2,048-row slices): 25 batches are cut further until every worker has two
+        # slices, the widest batches first; never below 256 rows.
+        ([2048] * 25, [8 * (i + 1) for i in range(25)], 16, 2048, {1024, 2048}),
+        # two workers, one batch: two slices each, so the last to finish is a short one.
+        ([2048], [40], 2, 1024, {512}),
+        # two workers, a chunk's 25 batches: whole slices, nothing cut further.
+        ([2048] * 25, [40] * 25, 2, 1024, {1024}),
+        # a small batch is not cut below 256 rows to feed 16 workers.
+        ([700], [40], 16, 2048, {350}),
+        ([300], [40], 16, 2048, {300}),
+        ([0], [8], 4, 512, {0}),
+    ],
+)
+def test_slices_give_every_worker_work_without_small_calls(
+    rows, widths, workers, slice_rows, sizes
+) -> None:
+    plan = plan_slices(rows, widths, workers, slice_rows)
+    assert {s.stop - s.start for _, s in plan} == sizes
+    costs = [(s.stop - s.start) * widths[i] for i, s in plan]
+    assert costs == sorted(costs, reverse=True)  # the costliest first: a cheap one ends
+
+
+@given(
+    rows=st.lists(st.integers(0, 5000), min_size=1, max_size=30),
+    workers=st.integers(1, 32),
+    slice_rows=st.sampled_from([128, 512, 2048]),
+)
+def test_a_plan_covers_every_row_once_within_the_limits(rows, workers, slice_rows) -> None:
+    widths = [8 * (1 + i % 5) for i in range(len(rows))]
+    plan = plan_slices(rows, widths, workers, slice_rows)
+    for index, n in enumerate(rows):
+        pieces = sorted((s for i, s in plan if i == index), key=lambda s: s.start)
+        assert pieces[0].start == 0 and pieces[-1].stop == n
+        assert all(a.stop == b.start for a, b in pairwise(pieces))
+        assert all(s.stop - s.start <= slice_rows for s in pieces)
+        if len(pieces) > max(-(-n // slice_rows), 1):  # cut further for the workers: not tiny
+            assert all(s.stop - s.start >= MIN_SLICE_ROWS for s in pieces)
+    if sum(-(-n // slice_rows) for n in rows) >= 2 * workers:
+        assert len(plan) == sum(max(-(-n // slice_rows), 1) for n in rows)
 
 
 @pytest.mark.parametrize(("hidden", "rows"), [(50, 1024), (64, 1024), (128, 512), (512, 128)])

@@ -11,7 +11,7 @@ settings (``--device cuda`` refuses the fallback).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -36,6 +36,9 @@ DEFAULT_BATCH = {"cpu": 2048, "cuda": 16_384}
 # (benchmarks/model.py). A slice keeps one step's gate tensor [rows, 4H] fp32 within a core's
 # L2 (1 MiB is typical): measured best at 1024 rows for H=50 and 256-512 for H=128.
 L2_BYTES = 1 << 20
+# Slices are never cut below this many rows to give every worker work: a call's fixed cost
+# (binding, copies, the GIL) then stays small against its rows.
+MIN_SLICE_ROWS = 256
 # CUDA: batches alternate between this many sessions (each has its own stream), so one
 # batch's host-to-device copy overlaps another's compute.
 CUDA_STREAMS = 2
@@ -72,7 +75,8 @@ def _bind_host(session, ids: np.ndarray, lengths: np.ndarray):
 
 @dataclass
 class CpuRunner:
-    """Each batch cut into slices (see L2_BYTES) run by ``workers`` single-threaded calls."""
+    """A chunk's batches cut into slices (``plan_slices``) run by ``workers`` single-threaded
+    calls, all of the chunk's slices at once, the costliest first."""
 
     session: Any
     workers: int
@@ -80,16 +84,35 @@ class CpuRunner:
     _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     def run(self, batches):
-        return [self._one(ids, lengths) for ids, lengths in batches]
+        plan = plan_slices(
+            [len(ids) for ids, _ in batches],
+            [ids.shape[1] for ids, _ in batches],
+            self.workers,
+            self.slice_rows,
+        )
 
-    def _one(self, ids: np.ndarray, lengths: np.ndarray):
-        slices = cpu_slices(len(ids), self.workers, self.slice_rows)
-        if len(slices) == 1:
-            return _bind_host(self.session, ids, lengths)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="onnxruntime")
-        parts = list(self._pool.map(lambda s: _bind_host(self.session, ids[s], lengths[s]), slices))
-        return np.concatenate([p for p, _ in parts]), np.concatenate([e for _, e in parts])
+        def call(piece: tuple[int, slice]):
+            ids, lengths = batches[piece[0]]
+            return _bind_host(self.session, ids[piece[1]], lengths[piece[1]])
+
+        if len(plan) == 1:
+            results = [call(plan[0])]
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="onnxruntime")
+            results = list(self._pool.map(call, plan))
+        # Back in each batch's row order.
+        parts: list[list] = [[] for _ in batches]
+        for (index, _), result in sorted(
+            zip(plan, results, strict=True), key=lambda item: (item[0][0], item[0][1].start)
+        ):
+            parts[index].append(result)
+        return [
+            (np.concatenate([p for p, _ in pieces]), np.concatenate([e for _, e in pieces]))
+            if len(pieces) > 1
+            else pieces[0]
+            for pieces in parts
+        ]
 
     def close(self) -> None:
         if self._pool is not None:
@@ -195,11 +218,40 @@ def slice_rows_for(hidden: int) -> int:
     return max(64, 1 << (rows.bit_length() - 1)) if rows else 64
 
 
-def cpu_slices(rows: int, workers: int, slice_rows: int) -> list[slice]:
-    """Near-equal slices of at most ``slice_rows`` rows, at least one per worker."""
-    count = max(min(workers, rows), -(-rows // slice_rows), 1)
+def cpu_slices(rows: int, count: int) -> list[slice]:
+    """``count`` near-equal slices covering ``rows`` rows in order (one when rows is 0)."""
+    count = max(min(count, rows), 1)
     bounds = np.linspace(0, rows, count + 1).round().astype(int)
     return [slice(int(a), int(b)) for a, b in pairwise(bounds)]
+
+
+def plan_slices(
+    rows: Sequence[int],
+    widths: Sequence[int],
+    workers: int,
+    slice_rows: int,
+    min_rows: int = MIN_SLICE_ROWS,
+) -> list[tuple[int, slice]]:
+    """(batch, rows) of each call for a chunk's batches, costliest first.
+
+    Each batch is cut into near-equal slices of at most ``slice_rows`` rows (L2_BYTES); then,
+    while there are fewer than two slices per worker, the batch whose slices cost most (rows x
+    width) and hold at least ``2 * min_rows`` rows is cut into one slice more. Cutting every
+    batch into ``workers`` slices instead gave 16 workers slices of 128 rows and a wait for
+    the slowest of 16 after every batch: here the only wait is the chunk's last slice, and it
+    is one of the cheapest."""
+    counts = [-(-n // slice_rows) if n else 1 for n in rows]
+    while sum(counts) < 2 * workers:
+        costs = [
+            (rows[i] / counts[i]) * widths[i] if rows[i] / counts[i] >= 2 * min_rows else -1.0
+            for i in range(len(rows))
+        ]
+        best = int(np.argmax(costs)) if costs else 0
+        if not costs or costs[best] < 0:
+            break
+        counts[best] += 1
+    plan = [(i, s) for i, n in enumerate(rows) for s in cpu_slices(n, counts[i])]
+    return sorted(plan, key=lambda p: -(p[1].stop - p[1].start) * widths[p[0]])
 
 
 def graph_file(model_dir: Path, device: str, precision: str) -> Path:
