@@ -1,18 +1,21 @@
-"""The device check for a CUDA host (an H100/H200 with 16 cores, no network), in <= 8 minutes.
+"""The device check for a CUDA host (an H100/H200 with 16 cores, no network), in two calls.
 
     python -m benchmarks.gpu [--rows 4000000] [--quick]
 
-1. the whole pytest suite, its CUDA tests among it (they skip elsewhere);
+1. the whole pytest suite, its CUDA tests among it (they skip elsewhere), in three parts with
+   a limit each (``suite_parts``), each part's files and counts recorded;
 2. the default recipe on CUDA with its AMP choice, judged on test; two epochs in fp32 beside it;
 3. the export of every graph (CPU, CUDA, CUDA fp16), validated on the CUDA provider;
-4. the model alone: reviews/s of each graph on CUDA at batch 2k, 16k and 64k, and of the CPU
-   graph on all of the host's cores, in the same run;
+4. the model alone: reviews/s of each graph on CUDA at batch 2k, 16k and 64k, each graph and
+   size in a process of its own, and of the CPU graph on all of the host's cores;
 5. `scorer run` end to end on >= 4M real reviews with --device cuda, then --device cpu:
    reviews/s, stage split, peak host RSS and peak GPU memory;
 6. the GPU, driver, CUDA/cuDNN and library versions.
 
-Writes benchmarks/results/<date>-<gpu>.json and .md. Without CUDA every CUDA step is reported
-as skipped with its reason (a dry run; tests/test_benchmarks.py runs it here).
+``--steps tests`` (about 5 minutes) and ``--steps training,export,model_alone,end_to_end``
+each fit one device call. Writes benchmarks/results/<date>-<gpu>.json and .md (with
+``-<steps>`` in the name when only some ran). Without CUDA every CUDA step is reported as
+skipped with its reason (a dry run; tests/test_benchmarks.py runs it here).
 """
 
 from __future__ import annotations
@@ -79,9 +82,23 @@ def environment() -> dict:
     return facts
 
 
-def step_tests(skip: str | None, timeout: float = 120) -> dict:
-    """The whole suite on the host, the CUDA tests among it (they skip elsewhere); spread over
-    8 workers where pytest-xdist is installed (the image has it)."""
+def suite_parts(count: int, tests: Path = REPO / "tests") -> list[list[str]]:
+    """The suite's files in ``count`` parts of near-equal size (bytes of test code, largest
+    first into the lightest part), so each part can finish within its own limit."""
+    files = sorted(tests.glob("test_*.py"), key=lambda f: (-f.stat().st_size, f.name))
+    parts: list[list[str]] = [[] for _ in range(max(count, 1))]
+    weights = [0] * len(parts)
+    for file in files:
+        lightest = weights.index(min(weights))
+        parts[lightest].append(str(file.relative_to(REPO)))
+        weights[lightest] += file.stat().st_size
+    return [sorted(part) for part in parts if part]
+
+
+def step_tests(skip: str | None, timeout: float = 240, parts: int = 3) -> dict:
+    """The whole suite on the host, the CUDA tests among it (they skip elsewhere), in
+    ``parts`` runs of their own, each with its share of ``timeout``: a part that runs out of
+    time costs only its own report. Spread over 8 workers where pytest-xdist is installed."""
     if skip:
         return {"skipped": skip}
     began = time.perf_counter()
@@ -89,32 +106,50 @@ def step_tests(skip: str | None, timeout: float = 120) -> dict:
                "--continue-on-collection-errors"]  # fmt: skip
     if importlib.util.find_spec("xdist") is not None:
         command += ["-n", "8"]
-    try:
-        # Two torch threads a worker: 8 workers at 16 threads each on 16 cores crawl.
-        env = {**os.environ, "OMP_NUM_THREADS": "2", "COLUMNS": "400"}
-        done = subprocess.run(
-            command, capture_output=True, text=True, cwd=REPO, timeout=timeout, env=env
-        )
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
-        return {"timed_out": timeout, "tail": out[-20_000:]}
-    lines = done.stdout.strip().splitlines()
-    tail = lines[-1] if lines else done.stderr[-500:]
-    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error)", tail)}
+    # Two torch threads a worker: 8 workers at 16 threads each on 16 cores crawl.
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "COLUMNS": "400"}
+    reports = []
+    for files in suite_parts(parts):
+        reports.append(_test_part(command + files, files, timeout / parts, env))
     cuda = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py",
          "--collect-only"],
         capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
+    totals: dict = {}
+    for report in reports:
+        for key in ("passed", "failed", "skipped", "error"):
+            totals[key] = totals.get(key, 0) + report.get(key, 0)
     return {
+        **totals,
+        "parts": reports,
+        "all_parts_finished": all("timed_out" not in r for r in reports),
+        "cuda_tests_collected": cuda.stdout.strip().splitlines()[-1:],
+        "seconds": time.perf_counter() - began,
+    }
+
+
+def _test_part(command: list[str], files: list[str], timeout: float, env: dict) -> dict:
+    began = time.perf_counter()
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, cwd=REPO, timeout=timeout, env=env
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        return {"files": files, "timed_out": timeout, "tail": out[-8_000:]}
+    lines = done.stdout.strip().splitlines()
+    tail = lines[-1] if lines else done.stderr[-500:]
+    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error)", tail)}
+    return {
+        "files": files,
         "returncode": done.returncode,
         "summary": tail,
         **counts,
         "skips": [line for line in lines if line.startswith("SKIPPED")],
         "failures": [line for line in lines if line.startswith(("FAILED", "ERROR"))],
-        "cuda_tests_collected": cuda.stdout.strip().splitlines()[-1:],
         # --tb=line: one line per failure with its message, for the next session to read.
-        "output_tail": done.stdout[-20_000:],
+        "output_tail": done.stdout[-8_000:],
         "seconds": time.perf_counter() - began,
     }
 
@@ -180,44 +215,41 @@ def step_export(skip: str | None, model_dir: Path) -> dict:
     }
 
 
-def step_model_alone(skip: str | None, quick: bool, model_dir: Path) -> dict:
-    import onnxruntime as ort
-
-    from benchmarks.common import interleaved
-    from scorer.runtime.cpus import available_cpus
-    from scorer.runtime.session import CpuRunner, DeviceRunner, open_session, slice_rows_for
-
+def step_model_alone(skip: str | None, quick: bool, model_dir: Path, timeout: float = 90) -> dict:
+    """Reviews/s of each graph at each batch size, each pair in a process of its own (one
+    graph's sessions at a time: six open at once ran out of GPU memory at 64k), the CPU graph
+    on all of the host's cores beside them."""
     if not (model_dir / "model.onnx").is_file():
         return {"skipped": f"no exported model in {model_dir} ({skip or 'export failed'})"}
-    config = json.loads((model_dir / "config.json").read_text())["model"]
-    hidden, vocab_size = config["hidden_dim"], config["vocab_size"]
-    contenders = {
-        "cpu folded, all cores": CpuRunner(
-            open_session(ort, model_dir / "model.onnx", "cpu"),
-            available_cpus(),
-            slice_rows_for(hidden),
-        )
-    }
+    graphs = {"cpu folded, all cores": ("model.onnx", "cpu")}
     if not skip:
         # The graphs CUDA scoring runs (the folded CPU graph's time loop is no GPU contender).
         for name in ("model.cuda.onnx", "model.cuda.fp16.onnx"):
-            sessions = [open_session(ort, model_dir / name, "cuda") for _ in range(2)]
-            contenders[f"cuda {name}"] = DeviceRunner(ort, sessions, "cuda")
-    rng = np.random.default_rng(0)
+            graphs[f"cuda {name}"] = (name, "cuda")
     results: dict = {}
     for batch in BATCHES[:1] if quick else BATCHES:
-        ids = rng.integers(2, vocab_size, size=(batch, 70)).astype(np.int32)
-        lengths = np.full(batch, 70, dtype=np.int64)
-        work = [(ids, lengths)] * 4
-        calls = {name: (lambda r=r, w=work: r.run(w)) for name, r in contenders.items()}
-        try:
-            times = interleaved(calls, repeats=3)
-        except Exception as exc:  # out of GPU memory, say: the smaller batches still count
-            results[str(batch)] = {"error": str(exc).strip().splitlines()[-1][:500]}
-            break
-        results[str(batch)] = {name: 4 * batch / median(t) for name, t in times.items()}
+        row: dict = {}
+        for label, (name, device) in graphs.items():
+            command = [sys.executable, "-m", "benchmarks.gpu", "--one-graph", str(model_dir / name),
+                       device, str(batch)]  # fmt: skip
+            try:
+                done = subprocess.run(
+                    command, capture_output=True, text=True, cwd=REPO, timeout=timeout
+                )
+            except subprocess.TimeoutExpired:
+                row[label] = {"error": f"timed out after {timeout:.0f} s"}
+                continue
+            if done.returncode:
+                # Out of GPU memory, say: the other sizes and graphs still count.
+                row[label] = {"error": (done.stderr.strip().splitlines() or ["?"])[-1][:500]}
+            else:
+                row[label] = json.loads(done.stdout.strip().splitlines()[-1])["reviews_per_s"]
+        results[str(batch)] = row
     rates = [
-        (r, name, b) for b, row in results.items() if "error" not in row for name, r in row.items()
+        (rate, name, batch)
+        for batch, row in results.items()
+        for name, rate in row.items()
+        if isinstance(rate, float)
     ]
     cuda_rates = [x for x in rates if x[1].startswith("cuda")]
     if cuda_rates:
@@ -226,6 +258,35 @@ def step_model_alone(skip: str | None, quick: bool, model_dir: Path) -> dict:
     if skip:
         results["cuda"] = {"skipped": skip}
     return results
+
+
+def one_graph(path: Path, device: str, batch: int, repeats: int = 3) -> dict:
+    """One graph at one batch size, 4 batches a round, median of ``repeats`` rounds."""
+    import onnxruntime as ort
+
+    from scorer.runtime.cpus import available_cpus
+    from scorer.runtime.session import CpuRunner, DeviceRunner, open_session, slice_rows_for
+
+    card = json.loads((path.parent / "config.json").read_text())["model"]
+    if device == "cpu":
+        runner = CpuRunner(
+            open_session(ort, path, "cpu"), available_cpus(), slice_rows_for(card["hidden_dim"])
+        )
+    else:
+        runner = DeviceRunner(ort, [open_session(ort, path, "cuda") for _ in range(2)], "cuda")
+    rng = np.random.default_rng(0)
+    ids = rng.integers(2, card["vocab_size"], size=(batch, 70)).astype(np.int32)
+    lengths = np.full(batch, 70, dtype=np.int64)
+    work = [(ids, lengths)] * 4
+    runner.run(work[:1])  # warm-up: allocations and kernel choices
+    seconds = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        runner.run(work)
+        seconds.append(time.perf_counter() - began)
+    runner.close()
+    return {"graph": path.name, "device": device, "batch": batch, "seconds": seconds,
+            "reviews_per_s": 4 * batch / median(seconds)}  # fmt: skip
 
 
 class GpuMemory:
@@ -327,7 +388,25 @@ def main(argv: list[str] | None = None) -> dict:
         default=None,
         help="an exported model for steps 4-5 (default: the one step 2 trains on CUDA)",
     )
+    parser.add_argument(
+        "--steps",
+        default="tests,training,export,model_alone,end_to_end",
+        help="which steps to run, comma-separated (the others are recorded as not run)",
+    )
+    parser.add_argument("--test-parts", type=int, default=3)
+    parser.add_argument("--test-timeout", type=float, default=300, help="seconds, all parts")
+    parser.add_argument(
+        "--one-graph",
+        nargs=3,
+        metavar=("GRAPH", "DEVICE", "BATCH"),
+        help="measure one graph at one batch size and print it as JSON (step 4's workers)",
+    )
     args = parser.parse_args(argv)
+    if args.one_graph:
+        path, device, batch = args.one_graph
+        result = one_graph(Path(path), device, int(batch))
+        print(json.dumps(result))
+        return result
     model_dir = args.model_dir or WORK / "gpu-auto"
     WORK.mkdir(parents=True, exist_ok=True)
     skip = cuda_status()
@@ -335,17 +414,23 @@ def main(argv: list[str] | None = None) -> dict:
     report: dict = {"date": date.today().isoformat(), "cuda": skip or "available"}
     report["environment"] = environment()
     steps = {
-        "tests": lambda: step_tests(skip),
+        "tests": lambda: step_tests(skip, args.test_timeout, args.test_parts),
         "training": lambda: step_training(skip, args.epochs),
         "export": lambda: step_export(skip, model_dir),
         "model_alone": lambda: step_model_alone(skip, args.quick, model_dir),
         "end_to_end": lambda: step_end_to_end(skip, args.rows, model_dir),
     }
+    wanted = set(args.steps.split(","))
+    unknown = wanted - set(steps)
+    if unknown:
+        parser.error(f"unknown steps {sorted(unknown)}; use {', '.join(steps)}")
     for name, step in steps.items():
-        report[name] = guarded(name, step)
+        report[name] = guarded(name, step) if name in wanted else {"not_run": "--steps"}
     report["seconds"] = time.perf_counter() - began
     gpu = report["environment"].get("gpu") or "no-gpu"
     stem = args.out / f"{report['date']}-{re.sub(r'[^A-Za-z0-9]+', '-', gpu).strip('-').lower()}"
+    if wanted != set(steps):  # a call of a split check: each keeps its own file
+        stem = stem.with_name(stem.name + "-" + "-".join(n for n in steps if n in wanted))
     args.out.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(report))

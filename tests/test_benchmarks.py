@@ -45,6 +45,37 @@ def test_device_check_dry_run_reports_every_cuda_step_skipped(
     assert saved["cuda"] == reason and (tmp_path / next(tmp_path.glob("*.md")).name).is_file()
 
 
+def test_a_split_device_check_runs_its_steps_and_keeps_its_own_file(
+    tmp_path, model, monkeypatch
+) -> None:
+    from benchmarks import gpu
+
+    monkeypatch.setattr(gpu, "WORK", tmp_path / "work")
+    argv = ["--steps", "model_alone", "--quick", "--model-dir", str(model), "--out", str(tmp_path)]
+    report = gpu.main(argv)
+    for step in ("tests", "training", "export", "end_to_end"):
+        assert report[step] == {"not_run": "--steps"}
+    assert report["model_alone"]["2048"]["cpu folded, all cores"] > 0
+    assert [p.name.endswith("-model_alone.json") for p in tmp_path.glob("*.json")] == [True]
+    with pytest.raises(SystemExit):
+        gpu.main(["--steps", "tests,nothing", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5])
+def test_the_device_suite_parts_hold_every_test_file_once(count) -> None:
+    from benchmarks.gpu import REPO, suite_parts
+
+    parts = suite_parts(count)
+    files = [f for part in parts for f in part]
+    assert sorted(files) == sorted(
+        str(p.relative_to(REPO)) for p in (REPO / "tests").glob("test_*.py")
+    )
+    assert len(parts) == count
+    sizes = [sum((REPO / f).stat().st_size for f in part) for part in parts]
+    largest = max((REPO / f).stat().st_size for f in files)
+    assert max(sizes) - min(sizes) <= largest  # greedy: within one file of each other
+
+
 def test_host_only_run_scores_nothing_and_writes_everything(
     tmp_path, model, reference_data, monkeypatch
 ):
