@@ -94,6 +94,43 @@ def test_unreadable_inputs_are_one_line(tmp_path, layout, spec, message) -> None
         open_source(str(tmp_path / spec) if spec else tmp_path)
 
 
+def test_other_tools_files_and_literal_names(tmp_path) -> None:
+    """Hidden and "_" folders are skipped (Spark's _temporary/, .ipynb_checkpoints/); a "["
+    in a name is a name, not a pattern; files may differ in columns nobody reads."""
+    folder = tmp_path / "in"
+    _write(FRAME[:60], folder / "part[1].parquet")
+    _write(FRAME[60:100].with_columns(extra=pl.lit(1)), folder / "part[2].parquet")
+    _write(FRAME[:5], folder / "_temporary" / "0" / "part-0.parquet")
+    _write(FRAME[:5], folder / ".ipynb_checkpoints" / "x.parquet")
+    source = open_source(folder)
+    assert [Path(f.location).name for f in source.files] == ["part[1].parquet", "part[2].parquet"]
+    tables = list(source.batches(["id", *TEXT], TEXT, chunk_rows=32))
+    assert pl.concat([pl.from_arrow(t) for t in tables])["id"].to_list() == list(range(100))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".ndjson"])
+def test_text_reads_the_same_for_training_and_scoring(tmp_path, suffix) -> None:
+    """A text column that looks numeric ("007") is text wherever it is read."""
+    frame = pl.DataFrame({"id": [1, 2, 3], "Title": ["007", "1.50", "x"], "Rating": [1, 2, 3]})
+    path = tmp_path / f"r{suffix}"
+    frame.write_csv(path) if suffix == ".csv" else frame.write_ndjson(path)
+    source = open_source(path)
+    whole = source.frame(["Title"], text=["Title"])["Title"].to_list()
+    streamed = pl.from_arrow(next(source.batches(["Title"], ["Title"], chunk_rows=10)))
+    assert whole == streamed["Title"].to_list() == ["007", "1.50", "x"]
+
+
+def test_the_input_hash_covers_every_file(tmp_path) -> None:
+    from scorer.io.files import file_sha256
+
+    one = _write(FRAME[:50], tmp_path / "a" / "one.csv")
+    assert open_source(one).sha256() == file_sha256(one)  # one file: its own sha256
+    _write(FRAME[50:], tmp_path / "a" / "two.csv")
+    before = open_source(tmp_path / "a").sha256()
+    _write(FRAME[51:], tmp_path / "a" / "two.csv")
+    assert open_source(tmp_path / "a").sha256() != before
+
+
 # --- an object store ------------------------------------------------------------------------
 
 

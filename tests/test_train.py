@@ -331,7 +331,9 @@ def test_resolve_knows_what_the_user_set(tmp_path) -> None:
         (["pooling=last"], {"pooling": "last"}),  # not JSON: kept as text
         (['marks="!?"'], {"marks": "!?"}),
         (["blend=false", "lr=1e-3"], {"blend": False, "lr": 1e-3}),
+        (["refit=False", "lr=.003", "blend=yes"], {"refit": False, "lr": 0.003, "blend": True}),
         (["max-len=64"], {"max_len": 64}),
+        (["marks=!?"], {"marks": "!?"}),
     ],
 )
 def test_set_reads_dotted_settings(items, want) -> None:
@@ -346,6 +348,9 @@ def test_set_reads_dotted_settings(items, want) -> None:
         (["model.epochs=3"], "not a setting of a config section"),
         (["optim.lr=1"], "not a setting of a config section"),
         (["hiden_dim=48"], "unknown key"),
+        (["hidden_dim=48.5"], "hidden_dim takes int values"),
+        (["blend=maybe"], "blend takes bool values"),
+        (["lr=fast"], "lr takes float values"),
     ],
 )
 def test_set_refuses_what_no_config_holds(items, message) -> None:

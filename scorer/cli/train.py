@@ -12,7 +12,10 @@ from scorer.cli.app import TextCols, app
 
 @app.command("train")
 def train_command(
-    data: Annotated[Path, typer.Argument(help="Labelled reviews: CSV, Parquet or NDJSON.")],
+    data: Annotated[
+        str,
+        typer.Argument(help="Labelled reviews: CSV, Parquet or NDJSON (file, folder, glob, URL)."),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Model directory to create.")],
     text_col: TextCols = None,
     label_col: Annotated[str, typer.Option(help="Rating column (whole numbers).")] = "Rating",

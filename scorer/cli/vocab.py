@@ -12,7 +12,9 @@ from scorer.cli.app import TextCols, app
 
 @app.command("vocab")
 def vocab_command(
-    data: Annotated[Path, typer.Argument(help="Reviews: CSV, Parquet or NDJSON.")],
+    data: Annotated[
+        str, typer.Argument(help="Reviews: CSV, Parquet or NDJSON (file, folder, glob, URL).")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Where to write vocab.json.")],
     text_col: TextCols = None,
     split_file: Annotated[

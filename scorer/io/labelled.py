@@ -17,9 +17,12 @@ DEFAULT_LABEL_COLUMN = "Rating"
 SPLITS = ("train", "val", "test")
 
 
-def read_table(path: Path | str, columns: Sequence[str] | None = None) -> pl.DataFrame:
-    """A whole input (any that ``scorer.io.source`` reads); ``columns`` must all exist."""
-    return open_source(path).frame(columns)
+def read_table(
+    path: Path | str, columns: Sequence[str] | None = None, text: Sequence[str] = ()
+) -> pl.DataFrame:
+    """A whole input (any that ``scorer.io.source`` reads); ``columns`` must all exist, and
+    ``text`` columns are read as text, as scoring reads them."""
+    return open_source(path).frame(columns, text)
 
 
 def text_expr(columns: Sequence[str], schema: pl.Schema) -> pl.Expr:

@@ -15,6 +15,8 @@ line naming the file.
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ import polars as pl
 import pyarrow as pa
 
 from scorer.errors import UserError
+from scorer.io.files import file_sha256
 
 PARQUET = (".parquet", ".pq")
 CSV = (".csv",)
@@ -111,19 +114,33 @@ class Source:
         self, files: Sequence[InputFile] | None = None, text: Sequence[str] = ()
     ) -> pl.LazyFrame:
         """A lazy scan of ``files`` (default: all), in order; CSV ``text`` columns are read
-        as text whatever they look like."""
-        locations = [f.location for f in (files if files is not None else self.files)]
-        target: str | list[str] = locations[0] if len(locations) == 1 else locations
+        as text whatever they look like. Files may differ in columns nobody reads (those are
+        checked per file by ``check_columns``)."""
+        chosen = list(files if files is not None else self.files)
+        local = not chosen[0].remote
         if self.kind == "parquet":
-            return pl.scan_parquet(target, hive_partitioning=self.hive or None)
+            # Local names are literal (a "[" in a name is no pattern).
+            target = [f.location for f in chosen]
+            return pl.scan_parquet(
+                target[0] if len(target) == 1 else target,
+                hive_partitioning=self.hive or None,
+                glob=not local,
+                extra_columns="ignore",
+                missing_columns="insert",
+            )
+        scans = [self._scan_text(f.location, text, glob=not local) for f in chosen]
+        return scans[0] if len(scans) == 1 else pl.concat(scans, how="diagonal_relaxed")
+
+    def _scan_text(self, location: str, text: Sequence[str], *, glob: bool) -> pl.LazyFrame:
         if self.kind == "csv":
             return pl.scan_csv(
-                target,
+                location,
                 encoding="utf8-lossy",
                 infer_schema_length=INFER_ROWS,
                 schema_overrides=dict.fromkeys(text, pl.String) or None,
+                glob=glob,
             )
-        return pl.scan_ndjson(target, infer_schema_length=INFER_ROWS)
+        return pl.scan_ndjson(location, infer_schema_length=INFER_ROWS)
 
     def _select(self, lazy: pl.LazyFrame, columns: Sequence[str], text: Sequence[str]):
         """``columns``, the text ones (and kept text) as String, others as they are."""
@@ -135,12 +152,12 @@ class Source:
             )
         return lazy.select(exprs)
 
-    def frame(self, columns: Sequence[str] | None = None) -> pl.DataFrame:
-        """The whole input (training and the vocabulary read it so)."""
-        lazy = self.scan()
-        if columns is not None:
-            require_columns(self.schema.names, columns, self.describe())
-            lazy = lazy.select(list(columns))
+    def frame(self, columns: Sequence[str] | None = None, text: Sequence[str] = ()) -> pl.DataFrame:
+        """The whole input (training and the vocabulary read it so); ``text`` columns are read
+        as text, as ``batches`` reads them for scoring (a CSV's "007" stays "007")."""
+        wanted = list(columns) if columns is not None else self.schema.names
+        require_columns(self.schema.names, [*wanted, *text], self.describe())
+        lazy = self._select(self.scan(text=text), wanted, text)
         return self._collect(lambda: lazy.collect())
 
     def batches(
@@ -165,7 +182,9 @@ class Source:
             return
         if skip_rows:
             lazy = lazy.slice(skip_rows)
-        frames = lazy.collect_batches(chunk_size=chunk_rows, maintain_order=True)
+        frames = self._collect(
+            lambda: lazy.collect_batches(chunk_size=chunk_rows, maintain_order=True)
+        )
         while True:
             frame = self._collect(lambda: next(frames, None))
             if frame is None:
@@ -195,10 +214,27 @@ class Source:
             return None
         return sum(self.file_rows())
 
-    def file_schemas(self) -> Iterator[tuple[str, pa.Schema]]:
-        yield self.files[0].location, self.schema
-        for file in self.files[1:]:
-            yield file.location, arrow_schema(self._collect(self.scan([file]).collect_schema))
+    def file_schemas(self, text: Sequence[str] = ()) -> Iterator[tuple[str, pa.Schema]]:
+        """Each file's schema as it is read (CSV ``text`` columns as text)."""
+        for file in self.files:
+            if file is self.files[0] and not (text and self.kind == "csv"):
+                yield file.location, self.schema
+                continue
+            yield file.location, arrow_schema(self._collect(self.scan([file], text).collect_schema))
+
+    def sha256(self) -> str:
+        """What the input holds: one local file's sha256; for several files, the sha256 of
+        each one's name and sha256 (an object store's: its fingerprint), in order."""
+        if len(self.files) == 1 and not self.files[0].remote:
+            return file_sha256(self.files[0].path)
+        digest = hashlib.sha256()
+        for file in self.files:
+            if file.remote:
+                part = json.dumps(file.fingerprint(), sort_keys=True)
+            else:
+                part = f"{file.path.name}\t{file_sha256(file.path)}"
+            digest.update(part.encode("utf-8") + b"\n")
+        return digest.hexdigest()
 
     def describe(self) -> str:
         if len(self.files) == 1:
@@ -230,10 +266,14 @@ def _local_files(spec: str) -> tuple[list[Path], bool]:
     whether the folder is hive-partitioned (``key=value`` folders)."""
     path = Path(spec)
     if path.is_dir():
+        # Hidden and "_" entries at any depth are another tool's (Spark's _temporary/,
+        # _SUCCESS; .ipynb_checkpoints/), never input rows.
         found = sorted(
             p
             for p in path.rglob("*")
-            if p.is_file() and _kind(p.name) and not p.name.startswith((".", "_"))
+            if p.is_file()
+            and _kind(p.name)
+            and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
         )
         if not found:
             raise UserError(f"{path}: folder holds no Parquet, CSV or NDJSON files")
@@ -300,7 +340,7 @@ def _local_file(path: Path, kind: str) -> InputFile:
     rows = None
     if kind == "parquet":
         try:
-            rows = pl.scan_parquet(path).select(pl.len()).collect().item()
+            rows = pl.scan_parquet(path, glob=False).select(pl.len()).collect().item()
         except _READ_ERRORS as exc:
             raise UserError(f"cannot read {path}: {_first_line(exc)}") from None
     return InputFile(str(path.resolve()), stat.st_size, stat.st_mtime_ns, rows)
@@ -354,7 +394,7 @@ def _shell(name: str) -> str:
 def check_columns(source: Source, text_columns: Sequence[str], keep_columns: Sequence[str]):
     """Every file has the text columns (as text) and the kept columns with one type each;
     the first file that does not is named, before anything is written."""
-    check_schemas(source.file_schemas(), text_columns, keep_columns)
+    check_schemas(source.file_schemas(text_columns), text_columns, keep_columns)
 
 
 def check_schemas(

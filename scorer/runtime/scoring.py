@@ -180,10 +180,22 @@ def _as_text(column: pa.Array) -> pa.Array:
     return column.cast(pa.large_string())
 
 
-def encode_chunk(chunk: Chunk, text_columns: Sequence[str], keep: Sequence[str], model) -> Chunk:
+def encode_chunk(
+    chunk: Chunk,
+    text_columns: Sequence[str],
+    keep: Sequence[str],
+    model,
+    *,
+    decoded_lossily: bool = False,
+) -> Chunk:
+    """Token ids of a chunk's text, its kept columns, and which rows lost bytes to UTF-8
+    decoding: invalid bytes met here, or, where the reader decoded lossily
+    (``decoded_lossily``: CSV), the U+FFFD it left."""
     ids, lengths, invalid = encode_table(chunk.table, text_columns, model)
     kept, kept_invalid = repair_utf8(chunk.table.select(list(keep)))
-    flags = invalid | kept_invalid | replaced_rows(chunk.table, [*text_columns, *keep])
+    flags = invalid | kept_invalid
+    if decoded_lossily:
+        flags |= replaced_rows(chunk.table, [*text_columns, *keep])
     return replace(
         chunk,
         table=kept,

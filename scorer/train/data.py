@@ -125,15 +125,17 @@ def padding_stats(lengths: np.ndarray, batch_size: int, seed: int) -> dict[str, 
 
 
 def training_fingerprint(
-    data: Path, split_file: Path | None, rows: dict[str, np.ndarray]
+    data: str | Path, split_file: Path | None, rows: dict[str, np.ndarray]
 ) -> dict[str, object]:
-    """Which data trained the model: the file's sha256 and the rows of each split (the rows'
-    own text hashes go to train_rows.npy, for `scorer eval` to recognise them)."""
-    from scorer.io.files import file_sha256
+    """Which data trained the model: the input's sha256 (``Source.sha256``: a folder, glob or
+    URL too) and the rows of each split (the rows' own text hashes go to train_rows.npy, for
+    `scorer eval` to recognise them)."""
+    from scorer.io.source import open_source
 
+    source = open_source(data)
     return {
-        "data": Path(data).name,
-        "data_sha256": file_sha256(Path(data)),
+        "data": str(data) if source.files[0].remote else Path(data).name,
+        "data_sha256": source.sha256(),
         "split_file": Path(split_file).name if split_file else None,
         "rows": {name: len(r) for name, r in rows.items()},
     }

@@ -75,7 +75,7 @@ def _split_rows(split_file: Path | None, label_index: np.ndarray, seed: int) -> 
 
 @dataclass(frozen=True)
 class TrainJob:
-    data: Path
+    data: str | Path
     out: Path
     model: ModelConfig
     tokenizer: TokenizerConfig
@@ -116,7 +116,7 @@ def train_model(job: TrainJob) -> TrainResult:
     cfg = settle_teacher(job.train, job.model.regression, job.teacher is not None)
     seed_everything(cfg.seed)
 
-    frame = read_table(job.data)
+    frame = read_table(job.data, text=job.text_columns)
     texts = read_texts(frame, job.text_columns, job.data)
     labels = read_labels(frame, job.label_column, job.data)
     split = _split_rows(job.split_file, labels.index, cfg.seed)

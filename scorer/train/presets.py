@@ -213,11 +213,33 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
             )
         if name not in KNOWN_KEYS and name != "variant":
             raise UserError(f"--set {key}: unknown key; known: {sorted(KNOWN_KEYS)}")
-        try:
-            settings[name] = json.loads(raw)
-        except ValueError:
-            settings[name] = raw
+        settings[name] = _setting(key, name, raw.strip())
     return settings
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _setting(key: str, name: str, raw: str) -> Any:
+    """VALUE as the setting's type (a flag's: bool, int, float or text); other keys as JSON,
+    else as text."""
+    kind = next((str(f.type) for f in fields(RecipeOptions) if f.name == name), "")
+    try:
+        if "bool" in kind:
+            if raw.lower() not in (*_TRUE, *_FALSE):
+                raise ValueError(raw)
+            return raw.lower() in _TRUE
+        if "int" in kind:
+            return int(raw)
+        if "float" in kind:
+            return float(raw)
+        value = json.loads(raw)
+    except ValueError:
+        if kind and "str" not in kind:
+            want = kind.split(" |")[0]
+            raise UserError(f"--set {key}={raw}: {name} takes {want} values") from None
+        return raw
+    return value if not kind or isinstance(value, str) else raw
 
 
 def resolve(

@@ -37,7 +37,7 @@ class VocabSummary:
 
 
 def build_vocab_file(
-    data: Path,
+    data: str | Path,
     out: Path,
     *,
     text_columns: Sequence[str] = DEFAULT_TEXT_COLUMNS,
@@ -48,7 +48,7 @@ def build_vocab_file(
 ) -> VocabSummary:
     check_marks(marks)
     start = time.perf_counter()
-    frame = read_table(data)
+    frame = read_table(data, text=text_columns)
     texts = read_texts(frame, text_columns, data)
     if split_file is not None:
         texts = texts.filter(read_split_file(split_file, len(texts)) == "train")

@@ -61,7 +61,9 @@ def evaluate(job: EvalJob) -> Metrics:
         if training is not None:
             texts = text_columns_of(chunk.table, text_columns)
             seen[0] += int(np.isin(row_hashes(texts), training).sum())
-        return encode_chunk(chunk, text_columns, [job.label_column], model)
+        return encode_chunk(
+            chunk, text_columns, [job.label_column], model, decoded_lossily=source.kind == "csv"
+        )
 
     pipeline = Pipeline(
         [

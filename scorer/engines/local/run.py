@@ -198,11 +198,14 @@ def _score(job: RunJob, plan: Plan, done_rows: int, began: float) -> RunSummary:
         write_part(parts / part_name(chunk.start, chunk.rows), table, lossy_rows=chunk.lossy_rows)
         return chunk.rows
 
+    lossy = plan.source.kind == "csv"
     pipeline = Pipeline(
         [
             Stage(
                 "tokenize",
-                lambda c: encode_chunk(c, plan.text_columns, plan.keep, plan.model),
+                lambda c: encode_chunk(
+                    c, plan.text_columns, plan.keep, plan.model, decoded_lossily=lossy
+                ),
                 workers,
             ),
             Stage("infer", lambda c: infer_chunk(c, plan.model)),

@@ -112,7 +112,9 @@ def _unwrap(error: BaseException) -> BaseException:
     return error
 
 
-def _pipeline(dataset, ray, bundle, device, job, text_columns, keep, sizing, predictor):
+def _pipeline(
+    dataset, ray, bundle, device, job, text_columns, keep, sizing, predictor, decoded_lossily
+):
     """Read units -> the predictor's actor pool (what each actor asks for: ``sizing``)."""
     return dataset.map_batches(
         predictor,
@@ -126,6 +128,7 @@ def _pipeline(dataset, ray, bundle, device, job, text_columns, keep, sizing, pre
             "batch_size": job.batch_size,
             "chunk_rows": job.chunk_rows,
             "report_lossy": True,
+            "decoded_lossily": decoded_lossily,
         },
         compute=ray.data.ActorPoolStrategy(size=sizing.actors),
         num_cpus=sizing.cpus_per_actor,
@@ -194,7 +197,7 @@ def run_on_ray(
             warnings.simplefilter("ignore", DeprecationWarning)
             scored = _pipeline(
                 read_reviews(source, columns, text_columns, units=units), ray, bundle, device, job,
-                text_columns, keep, sizing, predictor,
+                text_columns, keep, sizing, predictor, source.kind == "csv",
             )  # fmt: skip
         written = scored.map_batches(
             write_parts,

@@ -70,36 +70,48 @@ def already_complete(out: Path, began: float) -> RunSummary:
 
 def pending_units(job: RunJob, parts_dir: Path, source: Source, model_dir: Path) -> list[dict]:
     """The read units still to score: all of them for a fresh run; for ``--resume``, those
-    whose rows the whole parts left by an interrupted run do not cover."""
+    whose rows the whole parts left by an interrupted run do not cover (planned with the
+    interrupted run's unit size, whatever ``--chunk-rows`` says now), their stray parts
+    removed so no row is written twice."""
     card = ModelDir.open(model_dir).card
     state = {
         "inputs": [f.fingerprint() for f in source.files],
         "model": {name: entry.get("sha256") for name, entry in sorted(card.graphs.items())},
         "engine": "ray",
+        "unit_rows": job.chunk_rows,
     }
-    units = read_units(source, job.chunk_rows)
     saved_path = parts_dir / "state.json"
     if job.resume and saved_path.is_file():
         try:
             saved = json.loads(saved_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise RuntimeError(f"cannot read {saved_path}: {exc}; the parts are kept") from exc
-        if saved != state:
+        unit_rows = int(saved.get("unit_rows", 0)) if isinstance(saved, dict) else 0
+        if unit_rows < 1 or saved != {**state, "unit_rows": unit_rows}:
             raise UserError(
                 f"cannot resume into {job.out}: the input files or the model changed since the "
                 "interrupted run (rerun with --overwrite)"
             )
-        covered = _covered_rows(parts_dir)
-        return [u for u in units if not covered[u["start"] : u["start"] + u["rows"]].all()]
+        units = read_units(source, unit_rows)
+        total = sum(int(u["rows"]) for u in units)
+        spans = _whole_parts(parts_dir)
+        covered = np.zeros(total, dtype=bool)
+        for start, end, _ in spans:
+            covered[start:end] = True
+        pending = [u for u in units if not covered[u["start"] : u["start"] + u["rows"]].all()]
+        for start, end, path in spans:
+            if any(start < u["start"] + u["rows"] and u["start"] < end for u in pending):
+                path.unlink()  # the unit is scored whole again
+        return pending
     for entry in parts_dir.iterdir():
         if entry.name != "lock.pid":
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     atomic_write_text(saved_path, json.dumps(state, indent=1))
-    return units
+    return read_units(source, job.chunk_rows)
 
 
-def _covered_rows(parts_dir: Path) -> np.ndarray:
-    """Which input rows whole parts already hold; broken parts are deleted (rewritten)."""
+def _whole_parts(parts_dir: Path) -> list[tuple[int, int, Path]]:
+    """(first row, end row, path) of the whole parts; broken ones are deleted (rewritten)."""
     spans = []
     for path in parts_dir.iterdir():
         match = _PART.match(path.name)
@@ -111,14 +123,10 @@ def _covered_rows(parts_dir: Path) -> np.ndarray:
         except (pa.ArrowException, OSError):
             whole = False
         if whole:
-            spans.append((start, end))
+            spans.append((start, end, path))
         else:
             path.unlink()
-    size = max((end for _, end in spans), default=0)
-    covered = np.zeros(size + 1, dtype=bool)
-    for start, end in spans:
-        covered[start:end] = True
-    return covered
+    return spans
 
 
 def lossy_in_parts(parts_dir: Path) -> int:

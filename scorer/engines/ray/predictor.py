@@ -89,6 +89,7 @@ class RatingPredictor:
         batch_size: int | None = None,
         chunk_rows: int = 50_000,
         report_lossy: bool = False,
+        decoded_lossily: bool = False,
     ) -> None:
         from scorer.runtime.output import OutputSpec
         from scorer.runtime.scoring import open_model
@@ -103,6 +104,7 @@ class RatingPredictor:
         self.keep = tuple(keep_columns)
         self.chunk_rows = chunk_rows
         self.report_lossy = report_lossy
+        self.decoded_lossily = decoded_lossily  # CSV input: count the rows holding U+FFFD
         self._spec: OutputSpec | None = None
         self._OutputSpec = OutputSpec
 
@@ -125,7 +127,14 @@ class RatingPredictor:
             piece = batch.slice(start, self.chunk_rows)
             chunk = Chunk(0, piece, piece.num_rows)
             chunk = infer_chunk(
-                encode_chunk(chunk, self.text_columns, self.keep, self.model), self.model
+                encode_chunk(
+                    chunk,
+                    self.text_columns,
+                    self.keep,
+                    self.model,
+                    decoded_lossily=self.decoded_lossily,
+                ),
+                self.model,
             )
             positions = rows[start : start + piece.num_rows] if rows is not None else None
             outputs.append(self._spec.table(chunk.table, chunk.probs, chunk.expected, positions))
