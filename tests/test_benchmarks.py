@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from scorer.export.onnx_export import export_model
-from tests.helpers import make_model_dir
+from tests.helpers import make_model_dir, make_reviews
 
 
 @pytest.fixture(scope="module")
@@ -376,3 +376,26 @@ def test_quality_takes_recipe_settings_for_every_training(given, settings) -> No
     from benchmarks.quality import settings as parse
 
     assert parse(argparse.Namespace(set=given)) == settings
+
+
+def test_the_incremental_benchmark_changes_what_it_says(tmp_path) -> None:
+    from benchmarks.incremental import tonight
+    from scorer.engines.local.run import RunJob, run_scoring
+
+    last = tmp_path / "last.parquet"
+    make_reviews(3000, seed=8).rename({"id": "review_id"}).write_parquet(last)
+    now = tmp_path / "now.parquet"
+    changes = tonight(last, now, new=0.02, edited=0.03, deleted=0.01, seed=0)
+    rows = pl.read_parquet(now)
+    assert len(rows) == 3000 - changes["deleted"] + changes["new"] and changes["new"] == 60
+    assert rows["review_id"].is_unique().all() and changes["edited"] > 0
+    previous = tmp_path / "last.scores.parquet"
+    run_scoring(RunJob(str(last), out=previous, id_column="review_id", quiet=True))
+    out = tmp_path / "now.scores.parquet"
+    run_scoring(RunJob(str(now), out=out, id_column="review_id", since=previous, quiet=True))
+    counts = json.loads(out.with_name(out.name + ".manifest.json").read_text())["incremental"]
+    assert (counts["edited_rows"], counts["new_rows"], counts["deleted_rows"]) == (
+        changes["edited"],
+        changes["new"],
+        changes["deleted"],
+    )

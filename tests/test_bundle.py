@@ -30,6 +30,7 @@ def test_the_same_data_and_cpu_give_the_same_bytes(tmp_path) -> None:
         "metrics.json",
         "model.cuda.onnx",
         "model.onnx",
+        "profile.json",
         "train_rows.npy",
         "vocab.json",
     ]

@@ -313,6 +313,8 @@ def test_state_file_records_what_a_resume_must_match(tmp_path, model, reviews, m
         "text_columns",
         "keep_columns",
         "version",
+        "id_column",
+        "since",
     }
     summary = run_scoring(RunJob(str(reviews), model, out, resume=True, quiet=True, device="cpu"))
     assert summary.resumed_rows == 1500

@@ -11,7 +11,10 @@ import pytest
 SCORING = [
     "scorer.cli",
     "scorer.engines.local.run",
+    "scorer.engines.local.incremental",
+    "scorer.engines.local.profile",
     "scorer.engines.local.evaluate",
+    "scorer.runtime.profile",
     "scorer.runtime.scoring",
     "scorer.runtime.model_dir",
     "scorer.io.source",

@@ -82,11 +82,16 @@ def test_variants_learn_and_write_a_complete_model_dir(tmp_path, reviews, varian
         "config.json",
         "metrics.json",
         "model.pt",
+        "profile.json",
         "report.png",
         "train_rows.npy",
         "vocab.json",
     ]
     card = ModelCard.load(out / "config.json")
+    # The validation rows' profile, as the final model sees them, checked at load.
+    profile = ModelDir.open(out).profile()
+    assert profile is not None and profile.rows == 60 and profile.predicted.sum() == 60
+    assert profile.max_len == card.tokenizer.max_len and 0 < profile.tokens <= 60 * profile.max_len
     assert card.training["rows"] == {"train": 480, "val": 60, "test": 60}
     assert len(card.training["data_sha256"]) == 64
     # The refit (on by default) trained the final model on the validation rows too.

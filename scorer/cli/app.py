@@ -1,7 +1,8 @@
 """The `scorer` app: its options shared by commands, and the entry point that turns every
 outcome into an exit code.
 
-Exit codes: 0 done; 1 bad input or usage (one line on stderr, no traceback); 70 internal
+Exit codes: 0 done; 1 bad input or usage (one line on stderr, no traceback); 3 the input
+drifted from the model's profile and --fail-on-drift was given (the output is written); 70 internal
 error and 74 operating-system I/O error (both with their traceback; a partial output stays
 resumable); 130 interrupted.
 """
@@ -18,9 +19,10 @@ import typer
 from typer.exceptions import TyperException
 
 from scorer import __version__
-from scorer.errors import UserError
+from scorer.errors import DriftFailed, UserError
 
 INTERRUPTED = 130
+DRIFTED = 3  # --fail-on-drift: the scores are written, the input drifted
 INTERNAL = 70  # EX_SOFTWARE: a bug or an inconsistent state, with its traceback
 IO_ERROR = 74  # EX_IOERR: the operating system failed a read or write (e.g. disk full)
 
@@ -78,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         typer.echo(f"scorer: error: {exc}", err=True)
         code = 1
+    except DriftFailed as exc:
+        typer.echo(f"scorer: drift: {exc}", err=True)
+        code = DRIFTED
     except Exception as exc:
         code = IO_ERROR if isinstance(exc, OSError) else INTERNAL
         traceback.print_exc()

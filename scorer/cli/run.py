@@ -67,6 +67,36 @@ def run_command(
         str | None,
         typer.Option(help="Ray cluster to join: auto | ray://HOST:PORT (default: start one)."),
     ] = None,
+    id_col: Annotated[
+        str | None,
+        typer.Option(
+            "--id-col",
+            help="Unique row id (integers or text): kept in the output with each row's text "
+            "hash, so a later run can take --since this output.",
+        ),
+    ] = None,
+    since: Annotated[
+        Path | None,
+        typer.Option(
+            help="An earlier output of this model with --id-col: rows whose id and text are "
+            "unchanged keep its scores; only new and edited rows are scored."
+        ),
+    ] = None,
+    rescore_all: Annotated[
+        bool, typer.Option(help="With --since: score every row anyway (e.g. a new model).")
+    ] = False,
+    drift: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--drift",
+            help="A drift threshold KEY=VALUE (repeatable): unknown_ratio (2), empty_delta "
+            "(0.05), psi (0.2), min_rows (500).",
+        ),
+    ] = None,
+    fail_on_drift: Annotated[
+        bool,
+        typer.Option(help="Exit 3 (after writing the scores) when the input drifted."),
+    ] = False,
 ) -> None:
     """Score reviews into Parquet: streaming, bounded memory, resumable, one writer."""
     from scorer.engines.local.run import RunJob, run_scoring
@@ -86,6 +116,11 @@ def run_command(
         resume=resume,
         overwrite=overwrite,
         quiet=quiet,
+        id_column=id_col,
+        since=since,
+        rescore_all=rescore_all,
+        drift=tuple(drift or ()),
+        fail_on_drift=fail_on_drift,
     )
     if engine not in ("local", "ray"):
         raise UserError(f"--engine must be local or ray, got {engine!r}")
@@ -94,6 +129,12 @@ def run_command(
             raise UserError("--ray-address needs --engine ray")
         typer.echo(run_scoring(job).line())
         return
+    if id_col or since or rescore_all or fail_on_drift or drift:
+        raise UserError(
+            "--id-col, --since, --drift and --fail-on-drift work on the local engine only: "
+            "the Ray engine's tasks share no index of an earlier output and no profile; "
+            "use --engine local"
+        )
     try:
         from scorer.engines.ray.engine import run_on_ray
     except ImportError as exc:

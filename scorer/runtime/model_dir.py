@@ -8,6 +8,8 @@ metrics.json  validation and test metrics, per-epoch history
 report.png    learning curves and the test confusion matrix
 train_rows.npy  sorted 64-bit hashes of the training rows' text (``scorer eval`` warns
               when it is shown them again)
+profile.json  the validation rows as the final model sees them (scorer.runtime.profile):
+              what `scorer run` measures drift against
 model*.onnx   written by `scorer export`: one graph per provider
               (scorer.runtime.contract.GRAPH_FILES),
               each one's sha256 recorded in config.json and checked at load
@@ -19,6 +21,7 @@ Opened and checked here, without torch; the weights and the report are written a
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from importlib import metadata
@@ -30,6 +33,7 @@ import numpy as np
 from scorer.errors import UserError
 from scorer.io.files import atomic_write_text
 from scorer.runtime.config import ModelCard
+from scorer.runtime.profile import PROFILE_FILE, Profile
 from scorer.text.vocab import Vocab
 
 WEIGHTS, CONFIG, VOCAB, METRICS, REPORT, ONNX, FINGERPRINT = (
@@ -115,6 +119,23 @@ class ModelDir:
             return np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot read {path}: {exc}") from None
+
+    def profile(self) -> Profile | None:
+        """The validation rows' profile saved by training, checked against config.json;
+        None for a model trained before profiles were kept."""
+        path = self.path / PROFILE_FILE
+        if not path.is_file():
+            return None
+        try:
+            profile = Profile.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read {path}: {exc}") from None
+        card = self.card
+        if profile.labels != tuple(float(v) for v in card.labels) or (
+            profile.max_len != card.tokenizer.max_len
+        ):
+            raise UserError(f"{path} does not fit config.json (labels or max_len differ)")
+        return profile
 
     def record_graphs(self, graphs: dict[str, dict[str, Any]]) -> ModelDir:
         """Rewrite config.json with these graph entries (file name -> sha256, provider,

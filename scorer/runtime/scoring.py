@@ -27,10 +27,11 @@ from scorer.runtime.contract import (
 )
 from scorer.runtime.model_dir import ModelDir
 from scorer.runtime.onnx_file import MalformedOnnx, read_facts
+from scorer.runtime.profile import Profile
 from scorer.runtime.session import OnnxScorer, open_scorer
 from scorer.text import kernels
 from scorer.text.encode import TextColumns, encode_ids
-from scorer.text.vocab import Vocab
+from scorer.text.vocab import UNK_ID, Vocab
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,18 @@ def open_model(
 
 
 @dataclass(frozen=True)
+class Counts:
+    """What an incremental run found among its rows."""
+
+    reused: int = 0
+    edited: int = 0
+    new: int = 0
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(self.reused + other.reused, self.edited + other.edited, self.new + other.new)
+
+
+@dataclass(frozen=True)
 class Chunk:
     """Consecutive input rows from global row ``start``: the table read, then ids, then
     scores (each step drops what the next does not need)."""
@@ -136,6 +149,14 @@ class Chunk:
     expected: np.ndarray | None = None
     lossy_rows: int = 0
     lossy_flags: np.ndarray | None = None
+    unknown: int = 0  # unknown tokens among the encoded rows
+    # Incremental runs (scorer.engines.local.incremental): each row's text hash, and which
+    # rows keep an earlier run's scores (``probs``/``expected`` then arrive filled for them
+    # and only the other rows are encoded and scored).
+    hashes: np.ndarray | None = None
+    reused: np.ndarray | None = None
+    counts: Counts | None = None
+    profile: Profile | None = None  # of the rows scored here (not the reused ones)
 
 
 def encode_table(
@@ -191,7 +212,17 @@ def encode_chunk(
     """Token ids of a chunk's text, its kept columns, and which rows lost bytes to UTF-8
     decoding: invalid bytes met here, or, where the reader decoded lossily
     (``decoded_lossily``: CSV), the U+FFFD it left."""
-    ids, lengths, invalid = encode_table(chunk.table, text_columns, model)
+    if chunk.reused is None:
+        ids, lengths, invalid = encode_table(chunk.table, text_columns, model)
+    else:
+        # Only the rows not reused are tokenized. Their text was read by polars, whose
+        # strings are valid UTF-8, so the reused rows have no invalid bytes to flag.
+        todo = ~chunk.reused
+        ids, lengths, scored_invalid = encode_table(
+            chunk.table.filter(pa.array(todo)), text_columns, model
+        )
+        invalid = np.zeros(chunk.rows, dtype=np.bool_)
+        invalid[todo] = scored_invalid
     kept, kept_invalid = repair_utf8(chunk.table.select(list(keep)))
     flags = invalid | kept_invalid
     if decoded_lossily:
@@ -203,13 +234,35 @@ def encode_chunk(
         lengths=lengths,
         lossy_rows=int(flags.sum()),
         lossy_flags=flags,
+        # Padding is PAD_ID, so every UNK_ID is a token the vocabulary did not know.
+        unknown=int(np.count_nonzero(ids == UNK_ID)),
     )
 
 
 def infer_chunk(chunk: Chunk, model: LoadedModel) -> Chunk:
+    """Scores of the encoded rows, merged with the reused ones, and the scored rows'
+    profile (from what the tokenizer and the model give anyway)."""
     assert chunk.ids is not None and chunk.lengths is not None
-    probs, expected = model.scorer.score(chunk.ids, chunk.lengths)
-    return replace(chunk, ids=None, lengths=None, probs=probs, expected=expected)
+    card = model.card
+    if len(chunk.lengths):
+        probs, expected = model.scorer.score(chunk.ids, chunk.lengths)
+    else:  # every row of the chunk reused
+        probs = np.zeros((0, len(card.labels)), dtype=np.float32)
+        expected = np.zeros(0, dtype=np.float32)
+    profile = Profile.of(
+        card.labels,
+        card.tokenizer.max_len,
+        chunk.lengths,
+        chunk.unknown,
+        probs.argmax(axis=1),
+        expected,
+    )
+    if chunk.reused is not None:
+        assert chunk.probs is not None and chunk.expected is not None
+        todo = ~chunk.reused
+        chunk.probs[todo], chunk.expected[todo] = probs, expected
+        probs, expected = chunk.probs, chunk.expected
+    return replace(chunk, ids=None, lengths=None, probs=probs, expected=expected, profile=profile)
 
 
 def repair_utf8(table: pa.Table) -> tuple[pa.Table, np.ndarray]:

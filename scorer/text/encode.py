@@ -307,10 +307,11 @@ def tokenize(
     return [flat[bounds[i] : bounds[i + 1]] for i in range(len(counts))]
 
 
-def row_hashes(texts: Texts | TextColumns) -> np.ndarray:
-    """A 64-bit hash of each row's joined raw text (uint64): the fingerprint of a row."""
+def row_hashes(texts: Texts | TextColumns, threads: int | None = None) -> np.ndarray:
+    """A 64-bit hash of each row's joined raw text (uint64): the fingerprint of a row.
+    ``threads``: as ``TextColumns.for_rows`` (1 where callers already run in parallel)."""
     columns = TextColumns.of(texts)
     out = np.zeros(len(columns), dtype=np.uint64)
     datas, offsets, valids = columns.buffers
-    columns.for_rows(lambda lo, hi: kernels.hash_rows(datas, offsets, valids, lo, hi, out))
+    columns.for_rows(lambda lo, hi: kernels.hash_rows(datas, offsets, valids, lo, hi, out), threads)
     return out

@@ -5,9 +5,9 @@
 
 Trains the default ``scorer train`` model with a fixed seed and thread count, exports it for
 both providers, and keeps only what scoring reads (config.json, vocab.json, the graphs, the
-training-row fingerprint) plus its quality (metrics.json, without timings). On the same CPU
-the result is the same bytes: the seed, the thread count and the data fix every number, and
-nothing time- or host-dependent is written.
+training-row fingerprint, the validation profile) plus its quality (metrics.json, without
+timings). On the same CPU the result is the same bytes: the seed, the thread count and the
+data fix every number, and nothing time- or host-dependent is written.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from scorer.runtime.model_dir import CONFIG, FINGERPRINT, VOCAB, bundled_model_dir
+from scorer.runtime.profile import PROFILE_FILE
 
 SEED = 0
 THREADS = 2  # fixed: torch's CPU results depend on the thread count
@@ -53,7 +54,7 @@ def build_bundled_model(
         out = Path(out)
         target = make_temp_dir(out)
         try:
-            for name in (CONFIG, VOCAB, FINGERPRINT, *config["graphs"]):
+            for name in (CONFIG, VOCAB, FINGERPRINT, PROFILE_FILE, *config["graphs"]):
                 shutil.copyfile(trained / name, target / name)
             metrics = json.loads((trained / "metrics.json").read_text())
             kept = {k: metrics[k] for k in KEPT_METRICS if k in metrics}
@@ -65,6 +66,33 @@ def build_bundled_model(
     return out
 
 
+def write_validation_profile(
+    model_dir: Path,
+    data: Path,
+    split_file: Path,
+    *,
+    text_columns: tuple[str, ...] = ("Title", "Review Text"),
+) -> Path:
+    """The validation rows' profile of an exported model, scored by its ONNX graph: for a
+    model directory written before training kept profiles (training writes the same
+    numbers from the torch model; its graph agrees with it to float rounding)."""
+    import polars as pl
+
+    from scorer.engines.local.profile import profile_table
+    from scorer.io.files import atomic_write_text
+    from scorer.io.labelled import read_split_file, read_table, read_texts
+    from scorer.runtime.scoring import open_model
+
+    frame = read_table(data, text=text_columns)
+    split = read_split_file(split_file, len(frame))
+    texts = read_texts(frame.filter(pl.Series(split == "val")), text_columns, data)
+    model = open_model(Path(model_dir), "cpu", "fp32", THREADS)
+    profile = profile_table(pl.DataFrame({"text": texts}).to_arrow(), ("text",), model)
+    path = Path(model_dir) / PROFILE_FILE
+    atomic_write_text(path, json.dumps(profile.to_dict(), indent=1) + "\n")
+    return path
+
+
 def _size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in Path(path).iterdir()) / 1e6
 
@@ -74,7 +102,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--split-file", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=bundled_model_dir())
+    parser.add_argument(
+        "--profile-only",
+        action="store_true",
+        help="only (re)write the validation profile of the model in --out",
+    )
     args = parser.parse_args(argv)
+    if args.profile_only:
+        if args.split_file is None:
+            parser.error("--profile-only needs --split-file (the validation rows)")
+        print(f"profile -> {write_validation_profile(args.out, args.data, args.split_file)}")
+        return
     build_bundled_model(args.data, args.split_file, args.out)
 
 

@@ -27,6 +27,7 @@ from scorer.runtime.model_dir import (
     library_versions,
     prepare_output,
 )
+from scorer.runtime.profile import PROFILE_FILE, Profile
 from scorer.text.vocab import Vocab
 from scorer.train.report import write_report
 
@@ -63,6 +64,7 @@ def write_model_dir(
     overwrite: bool,
     training: dict[str, Any] | None = None,
     fingerprint: np.ndarray | None = None,
+    profile: Profile | None = None,
 ) -> ModelDir:
     """Write everything into a temporary directory, then move it into place."""
     out = Path(out)
@@ -85,6 +87,10 @@ def write_model_dir(
         if fingerprint is not None:
             np.save(tmp / FINGERPRINT, np.unique(fingerprint.astype(np.uint64)))
         (tmp / METRICS).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        if profile is not None:
+            (tmp / PROFILE_FILE).write_text(
+                json.dumps(profile.to_dict(), indent=1) + "\n", encoding="utf-8"
+            )
         write_report(tmp / REPORT, metrics)
         publish_dir(tmp, out)
     finally:

@@ -26,7 +26,9 @@ from scorer.runtime.cpus import available_cpus
 from scorer.runtime.malloc import keep_freed_memory
 from scorer.runtime.metrics import Metrics, rating_metrics
 from scorer.runtime.model_dir import ModelDir, prepare_output
+from scorer.runtime.profile import Profile
 from scorer.text.encode import row_hashes
+from scorer.text.vocab import UNK_ID
 from scorer.train.blend import choose_blend, fold
 from scorer.train.checkpoint import write_model_dir
 from scorer.train.data import padding_stats, training_fingerprint
@@ -191,6 +193,7 @@ def train_model(job: TrainJob) -> TrainResult:
 
         classes = len(labels.values)
         model, refitted = refit(fresh, sets, cfg, fitted, runtime, objective, blend, classes)
+    profile = validation_profile(model, sets["val"], labels.values, tok.max_len, runtime, objective)
     test = None
     if "test" in sets:
         test_pred = predict(model, sets["test"], labels.values, runtime, objective)
@@ -232,9 +235,21 @@ def train_model(job: TrainJob) -> TrainResult:
         overwrite=job.overwrite,
         training=training_fingerprint(job.data, job.split_file, rows),
         fingerprint=row_hashes(texts.gather(seen)),
+        profile=profile,
     )
     refit_rows = int(refitted["rows"]) if refitted else 0
     return TrainResult(model_dir, val, test, fitted.best_epoch, seconds, refit_rows)
+
+
+def validation_profile(model, val, labels, max_len: int, runtime, objective) -> Profile:
+    """The validation rows as the final model sees them: what `scorer run` measures drift
+    against (with a refit, the model has learned from these rows, so its predicted shares
+    are a little sharper than on new reviews; the thresholds sit far above that)."""
+    prediction = predict(model, val, labels, runtime, objective)
+    unknown = int((val.ids == UNK_ID).sum().item())
+    return Profile.of(
+        labels, max_len, val.host_lengths, unknown, prediction.pred_index, prediction.expected
+    )
 
 
 def _settle_batches(cfg: TrainConfig, runtime, rows: dict[str, np.ndarray]) -> TrainConfig:
