@@ -22,7 +22,7 @@ TRAIN_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(ORT)
 
-.PHONY: demo test lint install clean bench model
+.PHONY: demo test test-cluster lint install clean bench model
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+
+# Every multi-node Ray case, the long ones included (`make test` runs the short ones).
+test-cluster: $(STAMP)
+	$(BIN)/python -m pytest -m cluster -o addopts="-ra --strict-markers"
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)

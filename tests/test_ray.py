@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 
 import polars as pl
@@ -172,28 +173,49 @@ def _state(model, reviews) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("cpus", "gpus", "device", "workers", "sizing"),
+    ("nodes", "gpus", "device", "workers", "sizing"),
     [
-        (1, 0, "cpu", None, Sizing(1, 0.0, 0.0, 1)),
-        (2, 0, "cpu", None, Sizing(2, 0.5, 0.0, 1)),
-        (2, 0, "cpu", 1, Sizing(1, 0.5, 0.0, 1)),
-        (3, 0, "cpu", None, Sizing(2, 1.0, 0.0, 1)),
-        (16, 0, "cpu", None, Sizing(15, 1.0, 0.0, 1)),
-        (16, 0, "cpu", 64, Sizing(15, 1.0, 0.0, 1)),
-        (16, 1, "cuda", None, Sizing(1, 1.0, 1.0, 1)),
-        (16, 8, "cuda", None, Sizing(8, 1.0, 1.0, 1)),
-        (4, 8, "cuda", None, Sizing(8, 0.375, 1.0, 1)),
+        # One node: fractions are safe (the actors share the node the tasks run on).
+        ([1], 0, "cpu", None, Sizing(1, 0.0, 0.0, 1)),
+        ([2], 0, "cpu", None, Sizing(2, 0.5, 0.0, 1)),
+        ([2], 0, "cpu", 1, Sizing(1, 0.5, 0.0, 1)),
+        ([3], 0, "cpu", None, Sizing(2, 1.0, 0.0, 1)),
+        ([16], 0, "cpu", None, Sizing(15, 1.0, 0.0, 1)),
+        ([16], 0, "cpu", 64, Sizing(15, 1.0, 0.0, 1)),
+        ([16], 1, "cuda", None, Sizing(1, 1.0, 1.0, 1)),
+        ([16], 8, "cuda", None, Sizing(8, 1.0, 1.0, 1)),
+        ([4], 8, "cuda", None, Sizing(8, 0.375, 1.0, 1)),
+        # Several nodes: whole CPUs only, one whole CPU left for the tasks.
+        ([1, 1], 0, "cpu", None, Sizing(1, 1.0, 0.0, 1)),
+        ([2, 1], 0, "cpu", None, Sizing(2, 1.0, 0.0, 1)),
+        ([1.5, 0.5], 0, "cpu", None, Sizing(1, 0.0, 0.0, 1)),
+        ([4, 4], 0, "cpu", 3, Sizing(3, 1.0, 0.0, 1)),
+        ([4, 4], 2, "cuda", None, Sizing(2, 1.0, 1.0, 1)),
+        ([1, 1], 4, "cuda", None, Sizing(4, 0.0, 1.0, 1)),
     ],
 )
-def test_the_pool_always_leaves_a_cpu_for_read_and_write_tasks(cpus, gpus, device, workers, sizing):
-    got = size_pool(cpus, gpus, device, workers)
+def test_the_pool_always_leaves_a_cpu_for_read_and_write_tasks(
+    nodes, gpus, device, workers, sizing
+):
+    got = size_pool(nodes, gpus, device, workers)
     assert got == sizing
-    assert got.actors * got.cpus_per_actor <= max(cpus - 1, 0) or cpus < 2
+    whole = sum(int(c) for c in nodes)
+    assert got.actors * got.cpus_per_actor <= max(whole - 1, 0) or whole < 2
+    if len(nodes) > 1:  # no fraction that could strand a whole-CPU task on every node
+        assert got.cpus_per_actor in (0.0, 1.0)
 
 
-def test_cuda_on_a_cluster_without_gpus_is_refused() -> None:
-    with pytest.raises(UserError, match="has no GPU"):
-        size_pool(4, 0, "cuda", None)
+@pytest.mark.parametrize(
+    ("nodes", "device", "message"),
+    [
+        ([4], "cuda", "has no GPU"),
+        ([0.5, 0.5], "cpu", "no whole free CPU on any node (free CPUs per node: 0.5, 0.5)"),
+        ([], "cpu", "no whole free CPU on any node (free CPUs per node: none)"),
+    ],
+)
+def test_a_cluster_that_cannot_run_the_pool_is_refused(nodes, device, message) -> None:
+    with pytest.raises(UserError, match=re.escape(message)):
+        size_pool(nodes, 0, device, None)
 
 
 def test_starting_ray_keeps_the_scorers_sigterm_handler(monkeypatch) -> None:

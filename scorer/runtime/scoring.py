@@ -8,7 +8,7 @@ wherever it is scored.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from scorer.runtime.onnx_file import MalformedOnnx, read_facts
 from scorer.runtime.profile import Profile
 from scorer.runtime.session import OnnxScorer, open_scorer
 from scorer.text import kernels
-from scorer.text.encode import TextColumns, encode_ids
+from scorer.text.encode import TextColumns, encode_ids, row_hashes
 from scorer.text.vocab import UNK_ID, Vocab
 
 
@@ -170,10 +170,10 @@ def encode_table(
     lengths = np.zeros(n, dtype=np.int32)
     invalid = np.zeros(n, dtype=np.bool_)
     start = 0
-    for batch in table.select(list(text_columns)).to_batches():
-        end = start + batch.num_rows
+    for columns in text_batches(table, text_columns):
+        end = start + len(columns)
         part = encode_ids(
-            TextColumns(tuple(_as_text(c) for c in batch.columns)),
+            columns,
             model.vocab.table,
             max_len=tok.max_len,
             keep_whitespace=tok.keep_whitespace,
@@ -188,6 +188,19 @@ def encode_table(
         )
         start = end
     return ids, lengths, invalid
+
+
+def text_batches(table: pa.Table, names: Sequence[str]) -> Iterator[TextColumns]:
+    """A table's text columns batch by batch, without copying the text."""
+    for batch in table.select(list(names)).to_batches():
+        yield TextColumns(tuple(_as_text(c) for c in batch.columns))
+
+
+def text_hashes(table: pa.Table, names: Sequence[str]) -> np.ndarray:
+    """Each row's ``row_hashes`` (the text as the model reads it), batch by batch, on one
+    thread: callers run chunks in parallel."""
+    parts = [row_hashes(columns, threads=1) for columns in text_batches(table, names)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
 
 def text_columns_of(table: pa.Table, names: Sequence[str]) -> TextColumns:

@@ -40,7 +40,7 @@ from scorer.runtime.output import (
     OutputSpec,
     prob_name,
 )
-from scorer.runtime.scoring import Chunk, Counts, text_columns_of
+from scorer.runtime.scoring import Chunk, Counts, text_hashes
 from scorer.text.encode import TextColumns, row_hashes
 
 CACHED_GROUPS = 4  # decoded row groups of the earlier output kept (a few MB each)
@@ -246,7 +246,7 @@ class PreviousScores:
 
     def match(self, chunk: Chunk, text_columns: tuple[str, ...]) -> Chunk:
         """The chunk with its text hashes, which rows keep earlier scores, and those scores."""
-        hashes = row_hashes(text_columns_of(chunk.table, text_columns), threads=1)
+        hashes = text_hashes(chunk.table, text_columns)
         ids = chunk.table.column(self.id_column)
         keys = id_keys(ids, self.id_column)
         same = np.zeros(len(keys), dtype=np.bool_)
@@ -336,7 +336,7 @@ class PreviousScores:
 
 def hash_chunk(chunk: Chunk, text_columns: tuple[str, ...]) -> Chunk:
     """A full run with an id column: every row is scored; the text hashes go to the output."""
-    return replace(chunk, hashes=row_hashes(text_columns_of(chunk.table, text_columns), threads=1))
+    return replace(chunk, hashes=text_hashes(chunk.table, text_columns))
 
 
 def fingerprint(path: Path) -> dict[str, object]:

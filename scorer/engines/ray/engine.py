@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,8 @@ from scorer.runtime.output import trusted_parts
 # A pipeline that makes no progress this long is stuck (e.g. a cluster without the resources
 # the pool asked for): fail it with Ray's timeout error rather than hang a nightly job.
 NO_PROGRESS_TIMEOUT_S = 900
+# How long a run waits at its start for CPUs that a job just ended is still releasing.
+SETTLE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -57,23 +60,64 @@ class Sizing:
     threads: int
 
 
-def size_pool(cpus: float, gpus: float, device: str, workers: int | None) -> Sizing:
-    """Actors and what each asks for, so that read and write tasks always find a CPU.
+def size_pool(node_cpus: Sequence[float], gpus: float, device: str, workers: int | None) -> Sizing:
+    """Actors and what each asks for, from the free CPUs of each node, so that read and
+    write tasks (1 CPU each) always find a whole CPU on some node.
 
     A pool whose actors hold every CPU deadlocks the pipeline: the first read task never gets
     a CPU (ray-project/ray#44687; measured here: 2 actors x 1 CPU on a 2-CPU instance hang,
-    2 x 0.5 run). So one whole CPU is always left to the tasks.
+    2 x 0.5 run). On several nodes Ray Data spreads the actors, so fractional actors can
+    leave every node short of a whole CPU (seen: 2 nodes x 1 CPU, a 0.5-CPU actor on each,
+    the read task pending forever): there, actors ask for whole CPUs or none.
     """
+    whole = [math.floor(c + 1e-9) for c in node_cpus]
+    free = sum(whole)
+    if free < 1:
+        shown = ", ".join(f"{c:g}" for c in node_cpus) or "none"
+        raise UserError(
+            f"the Ray cluster has no whole free CPU on any node (free CPUs per node: {shown}); "
+            "scorer needs one for its read and write tasks"
+        )
+    one_node = len(node_cpus) == 1
+    cpus = float(node_cpus[0]) if one_node else float(free)
     if device == "cuda":
         if gpus < 1:
             raise UserError("--device cuda: the Ray cluster has no GPU")
         actors = min(workers or int(gpus), int(gpus))
-        per_cpu = min(1.0, max(cpus - 1.0, 0.0) / actors)
+        if one_node:
+            per_cpu = min(1.0, max(cpus - 1.0, 0.0) / actors)
+        else:
+            per_cpu = 1.0 if free - 1 >= actors else 0.0
         return Sizing(actors, per_cpu, 1.0, 1)
+    if not one_node:
+        cap = free - 1
+        if cap < 1:
+            return Sizing(1, 0.0, 0.0, 1)
+        return Sizing(min(workers or cap, cap), 1.0, 0.0, 1)
     per_cpu = 1.0 if cpus >= 3 else (0.5 if cpus >= 2 else 0.0)
     cap = max(1, math.floor((cpus - 1) / per_cpu)) if per_cpu else 1
     actors = min(workers or cap, cap)
     return Sizing(actors, per_cpu, 0.0, max(1, math.floor(per_cpu)))
+
+
+def free_cpus_per_node(ray, settle_s: float = SETTLE_S) -> list[float]:
+    """Each alive node's free CPUs before this job asks for any. Waits up to ``settle_s``
+    for them to reach the nodes' totals: a job that just ended may still be releasing its
+    actors; on a cluster busy with other work, what is free after that is what counts."""
+    try:
+        from ray._private.state import (
+            available_resources_per_node,
+            total_resources_per_node,
+        )
+    except ImportError:  # a Ray without them: each node's total
+        return [float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
+    deadline = time.monotonic() + settle_s
+    while True:
+        free = {k: float(r.get("CPU", 0.0)) for k, r in available_resources_per_node().items()}
+        total = {k: float(r.get("CPU", 0.0)) for k, r in total_resources_per_node().items()}
+        if all(free.get(k, 0.0) >= c for k, c in total.items()) or time.monotonic() > deadline:
+            return list(free.values())
+        time.sleep(0.25)
 
 
 def start_ray(address: str | None):
@@ -186,9 +230,8 @@ def run_on_ray(
         resources = ray.cluster_resources()
         device = _device(job, resources)
         graph = _graph(model_dir, device, job.precision)
-        sizing = size_pool(
-            resources.get("CPU", 1.0), resources.get("GPU", 0.0), device, job.workers
-        )
+        node_cpus = free_cpus_per_node(ray)
+        sizing = size_pool(node_cpus, resources.get("GPU", 0.0), device, job.workers)
         bundle = ray.put(ModelBundle.read(model_dir))
         columns = list(dict.fromkeys([*keep, *text_columns]))
         with warnings.catch_warnings():
@@ -211,6 +254,14 @@ def run_on_ray(
             cause = _unwrap(exc)
             if isinstance(cause, UserError):
                 raise UserError(str(cause)) from None
+            if type(cause).__name__ == "ExecutionTimeoutError":
+                raise UserError(
+                    f"the Ray pipeline made no progress for {_no_progress_s(ray):g} s: it "
+                    f"needs {sizing.actors} actor(s) x {sizing.cpus_per_actor:g} CPU"
+                    f"{f' + {sizing.gpus_per_actor:g} GPU' if sizing.gpus_per_actor else ''}"
+                    " and a whole free CPU on some node for read and write tasks; free CPUs "
+                    f"per node at the start: {', '.join(f'{c:g}' for c in node_cpus)}"
+                ) from None
             raise
         trusted, stale = trusted_parts(parts_dir)
         covered = trusted[-1].end if trusted else 0
@@ -232,6 +283,10 @@ def run_on_ray(
     )
     write_manifest(job, out, files, model_dir, summary, sizing, graph)
     return summary
+
+
+def _no_progress_s(ray) -> float:
+    return float(ray.data.DataContext.get_current().execution_no_progress_timeout_s)
 
 
 def _graph(model_dir: Path, device: str, precision: str) -> tuple[str, str, str]:
