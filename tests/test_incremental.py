@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from scorer.cli import main
-from scorer.engines.local.run import RunJob, run_scoring
+from scorer.engines.local.run import RunJob, partial_dir, run_scoring
 from scorer.export.onnx_export import export_model
 from tests.helpers import make_model_dir, make_reviews
 from tests.test_run import _scorer_cmd, _wait_for_parts
@@ -102,13 +102,16 @@ def test_incremental_run_equals_a_full_run_on_real_reviews(tmp_path, reference_d
     assert "kept from --since" in summary.line()
 
 
-@pytest.mark.parametrize("ids", ["int", "text"])
+@pytest.mark.parametrize("ids", ["int", "int, earlier output shuffled", "text"])
 def test_reordered_table_and_text_ids(tmp_path, model, ids) -> None:
     frame = make_reviews(1500, seed=4)
     if ids == "text":
         frame = frame.with_columns(pl.format("r{}", pl.col("id")).alias("id"))
     last, now = tmp_path / "last.parquet", tmp_path / "now.parquet"
-    frame.write_parquet(last)
+    # Ids that do not ascend through the earlier output take the sorted-keys index.
+    (
+        frame.sample(fraction=1.0, shuffle=True, seed=5) if "shuffled" in ids else frame
+    ).write_parquet(last)
     tonight, changes = next_night(frame, seed=1)
     tonight.sample(fraction=1.0, shuffle=True, seed=2).write_parquet(now)
     run(last, tmp_path / "last.scores.parquet", model, id_column="id", chunk_rows=200)
@@ -135,6 +138,35 @@ def test_rescore_all_scores_every_row(tmp_path, model) -> None:
     assert manifest(out)["incremental"] is None and manifest(out)["profile"]["rows"] == 600
 
 
+def test_csv_input_with_invalid_utf8_counts_alike(tmp_path, model) -> None:
+    frame = make_reviews(2000, seed=9)
+    last, now = tmp_path / "last.csv", tmp_path / "now.csv"
+    frame.write_csv(last)
+    tonight, _ = next_night(frame, seed=4)
+    tonight.write_csv(now)
+    # An invalid byte in one review: polars decodes CSV lossily, the row is counted.
+    now.write_bytes(now.read_bytes().replace(b"dress", b"dr\xffss", 1))
+    run(last, tmp_path / "last.scores.parquet", model, id_column="id")
+    full, inc = tmp_path / "full.parquet", tmp_path / "inc.parquet"
+    run(now, full, model, id_column="id")
+    run(now, inc, model, id_column="id", since=tmp_path / "last.scores.parquet")
+    assert inc.read_bytes() == full.read_bytes()
+    assert manifest(inc)["lossy_utf8_rows"] == manifest(full)["lossy_utf8_rows"] == 1
+
+
+def test_an_empty_input_keeps_nothing_and_counts_every_earlier_row_deleted(tmp_path, model):
+    frame = make_reviews(300, seed=10)
+    last, now = tmp_path / "last.parquet", tmp_path / "now.parquet"
+    frame.write_parquet(last)
+    frame.head(0).write_parquet(now)
+    run(last, tmp_path / "last.scores.parquet", model, id_column="id")
+    out = tmp_path / "out.parquet"
+    summary = run(now, out, model, id_column="id", since=tmp_path / "last.scores.parquet")
+    assert summary.rows == 0 and pq.ParquetFile(out).metadata.num_rows == 0
+    counts = manifest(out)["incremental"]
+    assert (counts["reused_rows"], counts["new_rows"], counts["deleted_rows"]) == (0, 0, 300)
+
+
 def _write(path, frame: pl.DataFrame):
     frame.write_parquet(path)
     return path
@@ -157,6 +189,8 @@ def _write(path, frame: pl.DataFrame):
         ("plain", ["--id-col", "id", "--since", "{tmp}/missing.parquet"], "no such file"),
         ("plain", ["--id-col", "id", "--engine", "ray"], "work on the local engine only"),
         ("plain", ["--drift", "psi"], "expected KEY=VALUE"),
+        ("text_ids_before", ["--id-col", "id", "--since", "{last}"], "ids are text, this input"),
+        ("int8", ["--id-col", "id", "--since", "{last}", "--precision", "int8"], "int8 graph"),
     ],
 )
 def test_refusals_are_one_line_and_write_nothing(tmp_path, model, capsys, setup, args, message):
@@ -186,14 +220,24 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path, model, capsys, setup,
         run(data, last, other, id_column="id")
     elif setup == "other_text":
         run(data, last, model, id_column="id", text_columns=("Review Text",))
+    elif setup == "text_ids_before":
+        text_ids = _write(
+            tmp_path / "t.parquet", frame.with_columns(pl.format("r{}", pl.col("id")).alias("id"))
+        )
+        run(text_ids, last, model, id_column="id")
+    elif setup == "int8":
+        model = make_model_dir(tmp_path / "int8", variant="packed").path
+        export_model(model, int8=True)
+        run(data, last, model, id_column="id")
     out = tmp_path / "out.parquet"
     argv = [a.format(last=last, data=data, tmp=tmp_path) for a in args]
+    capsys.readouterr()  # what the set-up runs said
     code = main(["run", str(data), "--model", str(model), "--out", str(out), "--quiet", *argv])
     err = capsys.readouterr().err
     assert code == 1, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and message.format(data=data) in lines[0], err
-    assert "Traceback" not in err and not out.exists()
+    assert "Traceback" not in err and not out.exists() and not partial_dir(out).exists()
 
 
 def test_an_interrupted_incremental_run_resumes_to_identical_bytes(tmp_path, model) -> None:

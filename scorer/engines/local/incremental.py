@@ -8,14 +8,15 @@ columns and id column in its Parquet metadata. ``scorer run --since THAT --id-co
 1. checks THAT was scored by this very graph (its sha256), from the same text columns and
    with the same id column, else refuses (``--rescore-all`` scores every row instead);
 2. loads its ids and hashes as sorted 64-bit keys (integer ids as they are, text ids
-   hashed; a text id is compared in full before its scores are used, so a hash collision
-   only costs a rescore);
+   hashed; a text id is compared in full before its scores are used, so a collision with
+   an earlier id only costs a rescore);
 3. per input chunk, in order: hashes the text, looks each id up, and takes the earlier
    scores of rows whose hash is unchanged, reading the earlier output one row group at a
    time through a small cache (a table kept in the same order reads each group once).
 
-Rows are scored one at a time or in batches with the same result (``OnnxScorer.score``), so
-the output equals a full run's: same rows, same order, same bytes.
+With the fp32 graph a row's scores do not depend on the rows batched with it
+(``OnnxScorer.score``), so the output equals a full run's: same rows, same order, same bytes.
+The int8 graph's do (dynamic quantization), so it is refused here.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from scorer.runtime.output import (
 from scorer.runtime.scoring import Chunk, Counts, text_hashes
 from scorer.text.encode import TextColumns, row_hashes
 
-CACHED_GROUPS = 4  # decoded row groups of the earlier output kept (a few MB each)
+CACHED_GROUPS = 4  # decoded row groups of the earlier output kept at least (a few MB each)
 ID_BATCH = 1_000_000
 
 
@@ -126,10 +127,18 @@ class PreviousScores:
     """An earlier output's scores, found by id and text hash (see the module docstring)."""
 
     def __init__(
-        self, path: Path, spec: OutputSpec, text_columns: tuple[str, ...], id_column: str
+        self,
+        path: Path,
+        spec: OutputSpec,
+        text_columns: tuple[str, ...],
+        id_column: str,
+        *,
+        cache_groups: int = CACHED_GROUPS,
     ) -> None:
         self.path = Path(path)
         self.id_column = id_column
+        # At least one group per chunk in flight, so a table in order decodes each once.
+        self._cache_groups = max(CACHED_GROUPS, cache_groups)
         try:
             self._file = pq.ParquetFile(self.path)
         except (OSError, pa.ArrowException) as exc:
@@ -170,6 +179,13 @@ class PreviousScores:
                 f"{what} was scored from other text columns "
                 f"({meta.get(META_TEXT_COLUMNS)}, this run {json.dumps(list(text_columns))})"
                 f"{rescore}"
+            )
+        earlier_int = pa.types.is_integer(schema.field(self.id_column).type)
+        if earlier_int != pa.types.is_integer(spec.schema.field(self.id_column).type):
+            kinds = ("integers", "text") if earlier_int else ("text", "integers")
+            raise UserError(
+                f"{what}: its {self.id_column} ids are {kinds[0]}, this input's are {kinds[1]} "
+                f"(no id would match){rescore}"
             )
         missing = [p for p in (prob_name(v) for v in spec.labels) if p not in schema.names]
         if missing or "expected_rating" not in schema.names:
@@ -325,7 +341,7 @@ class PreviousScores:
         elif self._ranges is not None:
             entry["keys"] = id_keys(table.column(self.id_column), self.id_column)
         self._cache[group] = entry
-        if len(self._cache) > CACHED_GROUPS:
+        if len(self._cache) > self._cache_groups:
             self._cache.popitem(last=False)
         return entry
 

@@ -174,6 +174,15 @@ def plan_run(job: RunJob, model: LoadedModel | None = None) -> Plan:
         text_columns=tuple(text_columns),
         id_column=job.id_column,
     )
+    if since is not None and model.scorer.precision == "int8":
+        # Dynamic quantization scales each batch by its own range: a row's int8 scores
+        # depend on the rows scored beside it, so kept and rescored rows would not match
+        # a full run.
+        raise UserError(
+            "--since with the int8 graph: its scores depend on the rows batched together, so "
+            "an incremental output would differ from a full run; use --precision fp32 (or "
+            "--rescore-all)"
+        )
     reference = model.directory.profile()
     thresholds = DriftThresholds().with_settings(job.drift)
     if job.fail_on_drift and reference is None:

@@ -70,29 +70,35 @@ def run_scoring(job: RunJob, model: LoadedModel | None = None) -> RunSummary:
     began = time.perf_counter()
     limit_arenas()
     plan = plan_run(job, model)
-    with lock_output(partial_dir(plan.out), label=plan.out, directory=True):
-        if job.resume and plan.out.exists() and not has_parts_or_state(plan.out):
-            summary = already_complete(plan, began)
-            remove_if_empty(partial_dir(plan.out))
-            return summary
-        if plan.id_column is not None:
-            check_unique_ids(plan.source, plan.id_column)
-        previous = (
-            PreviousScores(plan.since, plan.spec, plan.text_columns, plan.id_column)
-            if plan.since is not None and plan.id_column is not None
-            else None
+    workers = job.workers or available_cpus()
+    # Refusals about the ids and the earlier output come before the lock creates anything.
+    if plan.id_column is not None:
+        check_unique_ids(plan.source, plan.id_column)
+    previous = (
+        PreviousScores(
+            plan.since, plan.spec, plan.text_columns, plan.id_column, cache_groups=workers + 2
         )
-        done_rows = prepare_parts(job, plan)
-        try:
+        if plan.since is not None and plan.id_column is not None
+        else None
+    )
+    try:
+        with lock_output(partial_dir(plan.out), label=plan.out, directory=True):
+            if job.resume and plan.out.exists() and not has_parts_or_state(plan.out):
+                summary = already_complete(plan, began)
+                remove_if_empty(partial_dir(plan.out))
+                return summary
+            done_rows = prepare_parts(job, plan)
             summary = _score(job, plan, done_rows, began, previous)
-        finally:
-            if previous is not None:
-                previous.close()
-        write_manifest(job, plan, summary, previous.rows if previous is not None else None)
-        shutil.rmtree(partial_dir(plan.out), ignore_errors=True)
-    if summary.drift is not None and summary.drift.judged:
-        if summary.drift.drifted and job.fail_on_drift:
-            raise DriftFailed(f"{summary.drift.line()} (scores written to {plan.out})")
+            write_manifest(job, plan, summary, previous.rows if previous is not None else None)
+            shutil.rmtree(partial_dir(plan.out), ignore_errors=True)
+    finally:
+        if previous is not None:
+            previous.close()
+    if summary.drift is None:
+        note(f"drift not measured: {plan.model_dir} has no profile.json (trained before profiles)")
+    elif summary.drift.drifted and job.fail_on_drift:
+        raise DriftFailed(f"{summary.drift.line()} (scores written to {plan.out})")
+    else:
         note(summary.drift.line())
     return summary
 

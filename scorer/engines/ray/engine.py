@@ -109,12 +109,17 @@ def free_cpus_per_node(ray, settle_s: float = SETTLE_S) -> list[float]:
             available_resources_per_node,
             total_resources_per_node,
         )
-    except ImportError:  # a Ray without them: each node's total
-        return [float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
+    except ImportError:
+        return _node_totals(ray)
     deadline = time.monotonic() + settle_s
     while True:
-        free = {k: float(r.get("CPU", 0.0)) for k, r in available_resources_per_node().items()}
-        total = {k: float(r.get("CPU", 0.0)) for k, r in total_resources_per_node().items()}
+        try:
+            per_node = available_resources_per_node()
+            totals = total_resources_per_node()
+        except Exception:  # Ray Client (ray://): these need a local worker
+            return _node_totals(ray)
+        free = {k: float(r.get("CPU", 0.0)) for k, r in per_node.items()}
+        total = {k: float(r.get("CPU", 0.0)) for k, r in totals.items()}
         if all(free.get(k, 0.0) >= c for k, c in total.items()) or time.monotonic() > deadline:
             return list(free.values())
         time.sleep(0.25)
@@ -283,6 +288,11 @@ def run_on_ray(
     )
     write_manifest(job, out, files, model_dir, summary, sizing, graph)
     return summary
+
+
+def _node_totals(ray) -> list[float]:
+    """Each alive node's CPUs (``ray.nodes()`` works through Ray Client too)."""
+    return [float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
 
 
 def _no_progress_s(ray) -> float:

@@ -119,7 +119,9 @@ class RatingPredictor:
             batch = pa.Table.from_batches([batch])
         if self._spec is None:
             kept = pa.schema([_large(batch.schema.field(c)) for c in self.keep])
-            self._spec = self._OutputSpec.create(kept, self.model.card, self.model.scorer)
+            self._spec = self._OutputSpec.create(
+                kept, self.model.card, self.model.scorer, text_columns=tuple(self.text_columns)
+            )
         rows = batch.column(ROW).to_numpy() if ROW in batch.column_names else None
         outputs, lossy = [], []
         # Slices of chunk_rows bound the ids matrix however large a block is.

@@ -1,0 +1,144 @@
+"""`scorer run --engine ray` on a Ray cluster that already runs, against the local engine.
+
+    python -m benchmarks.ray_cluster --rows 1000000 [--nodes 2] [--cpus-per-node 1]
+
+A cluster of ``--nodes`` nodes (``ray.cluster_utils.Cluster``, Ray's own multi-node tool) is
+started on loopback inside a private network namespace (``unshare -n``, then ``ip link set lo
+up``: on Linux Ray advertises the machine's interface address even when told 127.0.0.1;
+inside the namespace loopback is the only one). A separate driver process scores the corpus
+with ``--engine ray --ray-address``, as a cluster user would; then the local engine scores it.
+Printed and saved: each side's wall seconds, whether the rows are equal, rows written,
+duplicates and missing rows, and what the cluster holds afterwards (free CPUs, live actors,
+placement groups). ``tests/test_ray_cluster.py`` runs the same with small data (``--data``,
+``--model``, ``--work``, ``--no-save``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+
+INSIDE = "SCORER_BENCH_NETNS"
+
+
+def score(data: Path, model: Path | None, out: Path, *extra: str) -> float:
+    began = time.perf_counter()
+    command = [sys.executable, "-m", "scorer", "run", str(data), "--out", str(out), "--quiet"]
+    if model is not None:
+        command += ["--model", str(model)]
+    done = subprocess.run([*command, "--overwrite", *extra], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"scorer run {' '.join(extra)} failed ({done.returncode}): {done.stderr}")
+    return time.perf_counter() - began
+
+
+def compare(ray_out: Path, local_out: Path) -> dict:
+    """Rows written by Ray, duplicates and missing rows by input position, and equality."""
+    ray_rows = pl.read_parquet(ray_out).sort("row")
+    local_rows = pl.read_parquet(local_out).sort("row")
+    positions = ray_rows["row"]
+    wanted = set(range(len(local_rows)))
+    return {
+        "rows_written": len(ray_rows),
+        "duplicates": len(positions) - positions.n_unique(),
+        "missing": len(wanted - set(positions.to_list())),
+        "same_rows": ray_rows.equals(local_rows),
+    }
+
+
+def on_cluster(data: Path, model: Path | None, work: Path, nodes: int, cpus: int) -> dict:
+    import ray
+    from ray._private.state import actors
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": cpus, "include_dashboard": False}
+    )
+    try:
+        for _ in range(nodes - 1):
+            cluster.add_node(num_cpus=cpus)
+        cluster.wait_for_nodes()
+        ray_out, local_out = work / "ray.scores.parquet", work / "local.scores.parquet"
+        ray_s = score(data, model, ray_out, "--engine", "ray", "--ray-address", cluster.address)
+        local_s = score(data, model, local_out)
+        ray.init(address=cluster.address, log_to_driver=False)
+        deadline = time.time() + 60
+        while time.time() < deadline and ray.available_resources().get("CPU", 0) < nodes * cpus:
+            time.sleep(0.5)
+        alive = [a for a in actors().values() if a.get("State") != "DEAD"]
+        report = {
+            "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
+            "cpus_per_node": cpus,
+            "ray_seconds": ray_s,
+            "local_seconds": local_s,
+            **compare(ray_out, local_out),
+            "free_cpus_after": ray.available_resources().get("CPU", 0),
+            "live_actors_after": sorted(
+                f"{a.get('ActorClassName')}:{a.get('Name') or ''}" for a in alive
+            ),
+            "placement_groups_after": len(ray.util.placement_group_table()),
+            "manifest": json.loads((work / "ray.scores.parquet.manifest.json").read_text()),
+        }
+        ray.shutdown()
+    finally:
+        cluster.shutdown()
+    return report
+
+
+def namespace_prefix() -> list[str] | None:
+    """The prefix that runs a command in a private network namespace with loopback up, or
+    None where this machine cannot make one."""
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return None
+    probe = subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up"], capture_output=True)
+    if probe.returncode != 0:
+        return None
+    return ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"']
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--cpus-per-node", type=int, default=1)
+    parser.add_argument("--data", type=Path, default=None, help="default: the N-row corpus")
+    parser.add_argument("--model", type=Path, default=None, help="default: the bundled model")
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args(argv)
+    if os.environ.get(INSIDE) != "1":
+        prefix = namespace_prefix()
+        if prefix is None:
+            raise SystemExit("needs unshare and ip, and the right to make a network namespace")
+        command = [*prefix, sys.executable, "-m", "benchmarks.ray_cluster", *(argv or sys.argv[1:])]
+        done = subprocess.run(command, env={**os.environ, INSIDE: "1"})
+        raise SystemExit(done.returncode)
+    from benchmarks.common import machine, save
+    from benchmarks.e2e import WORK, corpus
+
+    data = args.data or corpus(args.rows)
+    work = args.work or WORK / "ray-cluster"
+    work.mkdir(parents=True, exist_ok=True)
+    report = on_cluster(data, args.model, work, args.nodes, args.cpus_per_node)
+    report["rows"] = pl.scan_parquet(data).select(pl.len()).collect().item()
+    print(json.dumps({k: v for k, v in report.items() if k != "manifest"}))
+    if not args.no_save:
+        result = {
+            "machine": machine(),
+            "command": "python -m benchmarks.ray_cluster " + " ".join(argv or sys.argv[1:]),
+            **report,
+        }
+        print(f"saved {save('ray-cluster', result)}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
