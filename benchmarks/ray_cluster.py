@@ -1,12 +1,16 @@
 """`scorer run --engine ray` on a Ray cluster that already runs, against the local engine.
 
     python -m benchmarks.ray_cluster --rows 1000000 [--nodes 2] [--cpus-per-node 1]
+        [--case connect|driver-kill] [--object-store-mb MB]
 
 A cluster of ``--nodes`` nodes (``ray.cluster_utils.Cluster``, Ray's own multi-node tool) is
 started on loopback inside a private network namespace (``unshare -n``, then ``ip link set lo
 up``: on Linux Ray advertises the machine's interface address even when told 127.0.0.1;
 inside the namespace loopback is the only one). A separate driver process scores the corpus
 with ``--engine ray --ray-address``, as a cluster user would; then the local engine scores it.
+``--case driver-kill`` SIGKILLs that driver once parts are written and finishes the output
+with ``--resume`` against the same cluster (its seconds: both attempts). ``--object-store-mb``
+gives every node an object store that small (Ray's floor is 75 MB).
 Printed and saved: each side's wall seconds, whether the rows are equal, rows written,
 duplicates and missing rows, and what the cluster holds afterwards (free CPUs, live actors,
 placement groups). ``tests/test_ray_cluster.py`` runs the same with small data (``--data``,
@@ -29,12 +33,14 @@ import polars as pl
 INSIDE = "SCORER_BENCH_NETNS"
 
 
+def command(data: Path, model: Path | None, out: Path, *extra: str) -> list[str]:
+    argv = [sys.executable, "-m", "scorer", "run", str(data), "--out", str(out), "--quiet"]
+    return [*argv, *(["--model", str(model)] if model is not None else []), *extra]
+
+
 def score(data: Path, model: Path | None, out: Path, *extra: str) -> float:
     began = time.perf_counter()
-    command = [sys.executable, "-m", "scorer", "run", str(data), "--out", str(out), "--quiet"]
-    if model is not None:
-        command += ["--model", str(model)]
-    done = subprocess.run([*command, "--overwrite", *extra], capture_output=True, text=True)
+    done = subprocess.run(command(data, model, out, *extra), capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"scorer run {' '.join(extra)} failed ({done.returncode}): {done.stderr}")
     return time.perf_counter() - began
@@ -54,20 +60,62 @@ def compare(ray_out: Path, local_out: Path) -> dict:
     }
 
 
-def on_cluster(data: Path, model: Path | None, work: Path, nodes: int, cpus: int) -> dict:
+def killed_then_resumed(data: Path, model: Path | None, out: Path, *ray_args: str) -> dict:
+    """SIGKILL the driver once 3 parts are written, then ``--resume`` on the same cluster."""
+    began = time.perf_counter()
+    process = subprocess.Popen(command(data, model, out, *ray_args), stderr=subprocess.PIPE)
+    parts = out.with_name(f".{out.name}.partial")
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        if parts.is_dir() and len(list(parts.glob("part-*.parquet"))) >= 3:
+            break
+        time.sleep(0.05)
+    if process.poll() is not None:
+        raise SystemExit("the driver finished or failed before it could be killed")
+    process.kill()
+    process.wait()
+    killed_s = time.perf_counter() - began
+    parts_then = len(list(parts.glob("part-*.parquet")))
+    resume_s = score(data, model, out, *ray_args, "--resume")
+    return {"killed_after_s": killed_s, "parts_at_kill": parts_then, "resume_s": resume_s}
+
+
+def on_cluster(
+    data: Path,
+    model: Path | None,
+    work: Path,
+    nodes: int,
+    cpus: int,
+    case: str = "connect",
+    store_mb: int | None = None,
+    chunk_rows: int = 20_000,
+) -> dict:
     import ray
     from ray._private.state import actors
     from ray.cluster_utils import Cluster
 
+    node_args: dict = {"num_cpus": cpus}
+    if store_mb:
+        node_args["object_store_memory"] = store_mb * 2**20
     cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": cpus, "include_dashboard": False}
+        initialize_head=True, head_node_args={**node_args, "include_dashboard": False}
     )
     try:
         for _ in range(nodes - 1):
-            cluster.add_node(num_cpus=cpus)
+            cluster.add_node(**node_args)
         cluster.wait_for_nodes()
         ray_out, local_out = work / "ray.scores.parquet", work / "local.scores.parquet"
-        ray_s = score(data, model, ray_out, "--engine", "ray", "--ray-address", cluster.address)
+        for old in (ray_out, local_out):
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+        ray_args = ("--engine", "ray", "--ray-address", cluster.address)
+        began = time.perf_counter()
+        killed = None
+        if case == "driver-kill":
+            ray_args = (*ray_args, "--chunk-rows", str(chunk_rows))
+            killed = killed_then_resumed(data, model, ray_out, *ray_args)
+        else:
+            score(data, model, ray_out, *ray_args)
+        ray_s = time.perf_counter() - began
         local_s = score(data, model, local_out)
         ray.init(address=cluster.address, log_to_driver=False)
         deadline = time.time() + 60
@@ -75,6 +123,9 @@ def on_cluster(data: Path, model: Path | None, work: Path, nodes: int, cpus: int
             time.sleep(0.5)
         alive = [a for a in actors().values() if a.get("State") != "DEAD"]
         report = {
+            "case": case,
+            "object_store_mb": store_mb,
+            "driver_kill": killed,
             "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
             "cpus_per_node": cpus,
             "ray_seconds": ray_s,
@@ -109,6 +160,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--cpus-per-node", type=int, default=1)
+    parser.add_argument("--case", choices=["connect", "driver-kill"], default="connect")
+    parser.add_argument("--object-store-mb", type=int, default=None)
+    parser.add_argument("--chunk-rows", type=int, default=20_000, help="driver-kill: Ray units")
     parser.add_argument("--data", type=Path, default=None, help="default: the N-row corpus")
     parser.add_argument("--model", type=Path, default=None, help="default: the bundled model")
     parser.add_argument("--work", type=Path, default=None)
@@ -127,7 +181,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     data = args.data or corpus(args.rows)
     work = args.work or WORK / "ray-cluster"
     work.mkdir(parents=True, exist_ok=True)
-    report = on_cluster(data, args.model, work, args.nodes, args.cpus_per_node)
+    report = on_cluster(
+        data,
+        args.model,
+        work,
+        args.nodes,
+        args.cpus_per_node,
+        args.case,
+        args.object_store_mb,
+        args.chunk_rows,
+    )
     report["rows"] = pl.scan_parquet(data).select(pl.len()).collect().item()
     print(json.dumps({k: v for k, v in report.items() if k != "manifest"}))
     if not args.no_save:
@@ -136,7 +199,10 @@ def main(argv: list[str] | None = None) -> dict | None:
             "command": "python -m benchmarks.ray_cluster " + " ".join(argv or sys.argv[1:]),
             **report,
         }
-        print(f"saved {save('ray-cluster', result)}")
+        name = "ray-cluster" if args.case == "connect" else f"ray-cluster-{args.case}"
+        if args.object_store_mb:
+            name += f"-store{args.object_store_mb}mb"
+        print(f"saved {save(name, result)}")
     return report
 
 

@@ -42,3 +42,26 @@ def test_scoring_on_an_existing_two_node_cluster_equals_the_local_engine(tmp_pat
     assert report["free_cpus_after"] == 2 and report["placement_groups_after"] == 0
     assert report["live_actors_after"], report
     assert all(not a.endswith(":") for a in report["live_actors_after"]), report
+
+
+@pytest.mark.cluster_long
+def test_a_killed_driver_resumes_on_the_same_cluster(tmp_path) -> None:
+    """SIGKILL the driver once 3 parts are written; `--resume` against the same cluster
+    completes the output, equal to the local engine's, and leaves the cluster usable."""
+    if namespace_prefix() is None:
+        pytest.skip("needs unshare and ip, and the right to make a private network namespace")
+    model = make_model_dir(tmp_path / "model", variant="packed").path
+    export_model(model)
+    data = write_reviews(tmp_path / "reviews.parquet", n=30_000, seed=4)
+    command = [
+        sys.executable, "-m", "benchmarks.ray_cluster", "--data", str(data), "--model",
+        str(model), "--work", str(tmp_path), "--no-save", "--case", "driver-kill",
+        "--chunk-rows", "1000",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["driver_kill"]["parts_at_kill"] >= 3
+    assert report["same_rows"] and report["rows_written"] == 30_000
+    assert report["duplicates"] == 0 and report["missing"] == 0
+    assert report["free_cpus_after"] == 2 and report["placement_groups_after"] == 0
