@@ -9,7 +9,8 @@ up``: on Linux Ray advertises the machine's interface address even when told 127
 inside the namespace loopback is the only one). A separate driver process scores the corpus
 with ``--engine ray --ray-address``, as a cluster user would; then the local engine scores it.
 ``--case driver-kill`` SIGKILLs that driver once parts are written and finishes the output
-with ``--resume`` against the same cluster (its seconds: both attempts). ``--object-store-mb``
+with ``--resume`` against the same cluster (its seconds: both attempts); ``--case node-loss``
+removes the last node (its processes killed) once parts are written. ``--object-store-mb``
 gives every node an object store that small (Ray's floor is 75 MB).
 Printed and saved: each side's wall seconds, whether the rows are equal, rows written,
 duplicates and missing rows, and what the cluster holds afterwards (free CPUs, live actors,
@@ -80,6 +81,40 @@ def killed_then_resumed(data: Path, model: Path | None, out: Path, *ray_args: st
     return {"killed_after_s": killed_s, "parts_at_kill": parts_then, "resume_s": resume_s}
 
 
+def node_lost(cluster, data: Path, model: Path | None, out: Path, *ray_args: str) -> dict:
+    """Remove a worker node (SIGKILL of its processes) once 3 parts are written; the run
+    must still end with every row once."""
+    began = time.perf_counter()
+    process = subprocess.Popen(
+        command(data, model, out, *ray_args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    parts = out.with_name(f".{out.name}.partial")
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        if parts.is_dir() and len(list(parts.glob("part-*.parquet"))) >= 3:
+            break
+        time.sleep(0.05)
+    if process.poll() is not None:
+        raise SystemExit("the run finished or failed before a node could be removed")
+    removed_at = time.perf_counter() - began
+    cluster.remove_node(cluster.list_all_nodes()[-1], allow_graceful=False)
+    try:
+        _, err = process.communicate(timeout=LOSS_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate()
+        raise SystemExit(f"no end {LOSS_LIMIT_S} s after the node loss: {err[-2000:]}") from None
+    if process.returncode != 0:
+        raise SystemExit(
+            f"the run failed after the node loss ({process.returncode}): {err[-2000:]}"
+        )
+    return {"node_removed_after_s": removed_at, "seconds": time.perf_counter() - began}
+
+
+LOSS_LIMIT_S = 300
+
+
 def on_cluster(
     data: Path,
     model: Path | None,
@@ -105,12 +140,15 @@ def on_cluster(
             cluster.add_node(**node_args)
         cluster.wait_for_nodes()
         ray_out, local_out = work / "ray.scores.parquet", work / "local.scores.parquet"
-        for old in (ray_out, local_out):
+        for old in (ray_out, local_out, ray_out.with_name(f".{ray_out.name}.partial")):
             shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
         ray_args = ("--engine", "ray", "--ray-address", cluster.address)
         began = time.perf_counter()
-        killed = None
-        if case == "driver-kill":
+        killed = None  # what the driver-kill or node-loss case recorded ("fault")
+        if case == "node-loss":
+            ray_args = (*ray_args, "--chunk-rows", str(chunk_rows))
+            killed = node_lost(cluster, data, model, ray_out, *ray_args)
+        elif case == "driver-kill":
             ray_args = (*ray_args, "--chunk-rows", str(chunk_rows))
             killed = killed_then_resumed(data, model, ray_out, *ray_args)
         else:
@@ -125,7 +163,7 @@ def on_cluster(
         report = {
             "case": case,
             "object_store_mb": store_mb,
-            "driver_kill": killed,
+            "fault": killed,
             "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
             "cpus_per_node": cpus,
             "ray_seconds": ray_s,
@@ -160,7 +198,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--cpus-per-node", type=int, default=1)
-    parser.add_argument("--case", choices=["connect", "driver-kill"], default="connect")
+    parser.add_argument(
+        "--case", choices=["connect", "driver-kill", "node-loss"], default="connect"
+    )
     parser.add_argument("--object-store-mb", type=int, default=None)
     parser.add_argument("--chunk-rows", type=int, default=20_000, help="driver-kill: Ray units")
     parser.add_argument("--data", type=Path, default=None, help="default: the N-row corpus")

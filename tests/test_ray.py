@@ -185,11 +185,13 @@ def _state(model, reviews) -> dict:
         ([16], 1, "cuda", None, Sizing(1, 1.0, 1.0, 1)),
         ([16], 8, "cuda", None, Sizing(8, 1.0, 1.0, 1)),
         ([4], 8, "cuda", None, Sizing(8, 0.375, 1.0, 1)),
-        # Several nodes: whole CPUs only, one whole CPU left for the tasks.
-        ([1, 1], 0, "cpu", None, Sizing(1, 1.0, 0.0, 1)),
-        ([2, 1], 0, "cpu", None, Sizing(2, 1.0, 0.0, 1)),
+        # Several nodes: actors reserve no CPU (one fewer than the whole free CPUs), so the
+        # tasks always find one and a lost node's actor restarts anywhere.
+        ([1, 1], 0, "cpu", None, Sizing(1, 0.0, 0.0, 1)),
+        ([2, 1], 0, "cpu", None, Sizing(2, 0.0, 0.0, 1)),
         ([1.5, 0.5], 0, "cpu", None, Sizing(1, 0.0, 0.0, 1)),
-        ([4, 4], 0, "cpu", 3, Sizing(3, 1.0, 0.0, 1)),
+        ([4, 4], 0, "cpu", 3, Sizing(3, 0.0, 0.0, 1)),
+        ([4, 4], 0, "cpu", None, Sizing(7, 0.0, 0.0, 1)),
         ([4, 4], 2, "cuda", None, Sizing(2, 1.0, 1.0, 1)),
         ([1, 1], 4, "cuda", None, Sizing(4, 0.0, 1.0, 1)),
     ],

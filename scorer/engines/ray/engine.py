@@ -68,7 +68,10 @@ def size_pool(node_cpus: Sequence[float], gpus: float, device: str, workers: int
     a CPU (ray-project/ray#44687; measured here: 2 actors x 1 CPU on a 2-CPU instance hang,
     2 x 0.5 run). On several nodes Ray Data spreads the actors, so fractional actors can
     leave every node short of a whole CPU (seen: 2 nodes x 1 CPU, a 0.5-CPU actor on each,
-    the read task pending forever): there, actors ask for whole CPUs or none.
+    the read task pending forever); whole-CPU actors stall instead when a node is lost (the
+    restarted actor takes the CPU the tasks need). So there actors reserve no CPU: one fewer
+    than the whole free CPUs, the tasks always schedule, and a lost node's actor restarts on
+    any node.
     """
     whole = [math.floor(c + 1e-9) for c in node_cpus]
     free = sum(whole)
@@ -90,10 +93,8 @@ def size_pool(node_cpus: Sequence[float], gpus: float, device: str, workers: int
             per_cpu = 1.0 if free - 1 >= actors else 0.0
         return Sizing(actors, per_cpu, 1.0, 1)
     if not one_node:
-        cap = free - 1
-        if cap < 1:
-            return Sizing(1, 0.0, 0.0, 1)
-        return Sizing(min(workers or cap, cap), 1.0, 0.0, 1)
+        cap = max(free - 1, 1)
+        return Sizing(min(workers or cap, cap), 0.0, 0.0, 1)
     per_cpu = 1.0 if cpus >= 3 else (0.5 if cpus >= 2 else 0.0)
     cap = max(1, math.floor((cpus - 1) / per_cpu)) if per_cpu else 1
     actors = min(workers or cap, cap)
