@@ -61,20 +61,31 @@ def compare(ray_out: Path, local_out: Path) -> dict:
     }
 
 
+def started_with_parts(
+    data: Path, model: Path | None, out: Path, ray_args: tuple[str, ...], parts: int = 3
+) -> subprocess.Popen:
+    """A Ray run started as its own driver process, once ``parts`` parts are on disk."""
+    process = subprocess.Popen(
+        command(data, model, out, *ray_args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    folder = out.with_name(f".{out.name}.partial")
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        if folder.is_dir() and len(list(folder.glob("part-*.parquet"))) >= parts:
+            return process
+        time.sleep(0.05)
+    process.kill()
+    raise SystemExit(f"the run ended or stalled before {parts} parts were written")
+
+
 def killed_then_resumed(data: Path, model: Path | None, out: Path, *ray_args: str) -> dict:
     """SIGKILL the driver once 3 parts are written, then ``--resume`` on the same cluster."""
     began = time.perf_counter()
-    process = subprocess.Popen(command(data, model, out, *ray_args), stderr=subprocess.PIPE)
+    process = started_with_parts(data, model, out, ray_args)
     parts = out.with_name(f".{out.name}.partial")
-    deadline = time.time() + 600
-    while time.time() < deadline and process.poll() is None:
-        if parts.is_dir() and len(list(parts.glob("part-*.parquet"))) >= 3:
-            break
-        time.sleep(0.05)
-    if process.poll() is not None:
-        raise SystemExit("the driver finished or failed before it could be killed")
     process.kill()
-    process.wait()
+    process.communicate()
     killed_s = time.perf_counter() - began
     parts_then = len(list(parts.glob("part-*.parquet")))
     resume_s = score(data, model, out, *ray_args, "--resume")
@@ -85,18 +96,7 @@ def node_lost(cluster, data: Path, model: Path | None, out: Path, *ray_args: str
     """Remove a worker node (SIGKILL of its processes) once 3 parts are written; the run
     must still end with every row once."""
     began = time.perf_counter()
-    process = subprocess.Popen(
-        command(data, model, out, *ray_args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    parts = out.with_name(f".{out.name}.partial")
-    deadline = time.time() + 600
-    while time.time() < deadline and process.poll() is None:
-        if parts.is_dir() and len(list(parts.glob("part-*.parquet"))) >= 3:
-            break
-        time.sleep(0.05)
-    if process.poll() is not None:
-        raise SystemExit("the run finished or failed before a node could be removed")
+    process = started_with_parts(data, model, out, ray_args)
     removed_at = time.perf_counter() - began
     cluster.remove_node(cluster.list_all_nodes()[-1], allow_graceful=False)
     try:

@@ -20,22 +20,28 @@ from tests.helpers import make_model_dir, write_reviews
 pytestmark = pytest.mark.cluster
 
 
-def test_scoring_on_an_existing_two_node_cluster_equals_the_local_engine(tmp_path) -> None:
+def _on_cluster(tmp_path, rows: int, seed: int, *case: str) -> dict:
+    """``benchmarks.ray_cluster``'s report for ``rows`` made-up reviews and a small model."""
     if namespace_prefix() is None:
         pytest.skip("needs unshare and ip, and the right to make a private network namespace")
     model = make_model_dir(tmp_path / "model", variant="packed").path
     export_model(model)
-    data = write_reviews(tmp_path / "reviews.parquet", n=3000, seed=3)
+    data = write_reviews(tmp_path / "reviews.parquet", n=rows, seed=seed)
     command = [
         sys.executable, "-m", "benchmarks.ray_cluster", "--data", str(data), "--model",
-        str(model), "--work", str(tmp_path), "--no-save",
+        str(model), "--work", str(tmp_path), "--no-save", *case,
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["nodes"] == 2 and report["rows"] == 3000
-    assert report["same_rows"] and report["rows_written"] == 3000
+    assert report["rows"] == rows and report["same_rows"] and report["rows_written"] == rows
     assert report["duplicates"] == 0 and report["missing"] == 0
+    return report
+
+
+def test_scoring_on_an_existing_two_node_cluster_equals_the_local_engine(tmp_path) -> None:
+    report = _on_cluster(tmp_path, 3000, 3)
+    assert report["nodes"] == 2
     # The job left the cluster as it found it: every CPU free, no placement group, and alive
     # only Ray Data's own named service actors (one each per cluster, 0 CPU, such as
     # "_StatsActor:datasets_stats_actor"), none of the job's pool (unnamed "_MapWorker").
@@ -48,22 +54,8 @@ def test_scoring_on_an_existing_two_node_cluster_equals_the_local_engine(tmp_pat
 def test_a_killed_driver_resumes_on_the_same_cluster(tmp_path) -> None:
     """SIGKILL the driver once 3 parts are written; `--resume` against the same cluster
     completes the output, equal to the local engine's, and leaves the cluster usable."""
-    if namespace_prefix() is None:
-        pytest.skip("needs unshare and ip, and the right to make a private network namespace")
-    model = make_model_dir(tmp_path / "model", variant="packed").path
-    export_model(model)
-    data = write_reviews(tmp_path / "reviews.parquet", n=30_000, seed=4)
-    command = [
-        sys.executable, "-m", "benchmarks.ray_cluster", "--data", str(data), "--model",
-        str(model), "--work", str(tmp_path), "--no-save", "--case", "driver-kill",
-        "--chunk-rows", "1000",
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = _on_cluster(tmp_path, 30_000, 4, "--case", "driver-kill", "--chunk-rows", "1000")
     assert report["fault"]["parts_at_kill"] >= 3
-    assert report["same_rows"] and report["rows_written"] == 30_000
-    assert report["duplicates"] == 0 and report["missing"] == 0
     assert report["free_cpus_after"] == 2 and report["placement_groups_after"] == 0
 
 
@@ -71,19 +63,5 @@ def test_a_killed_driver_resumes_on_the_same_cluster(tmp_path) -> None:
 def test_a_lost_worker_node_still_gives_every_row_once(tmp_path) -> None:
     """A worker node's processes are killed once 3 parts are written; the run ends with
     every row once, equal to the local engine's."""
-    if namespace_prefix() is None:
-        pytest.skip("needs unshare and ip, and the right to make a private network namespace")
-    model = make_model_dir(tmp_path / "model", variant="packed").path
-    export_model(model)
-    data = write_reviews(tmp_path / "reviews.parquet", n=30_000, seed=5)
-    command = [
-        sys.executable, "-m", "benchmarks.ray_cluster", "--data", str(data), "--model",
-        str(model), "--work", str(tmp_path), "--no-save", "--case", "node-loss",
-        "--chunk-rows", "1000",
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = _on_cluster(tmp_path, 30_000, 5, "--case", "node-loss", "--chunk-rows", "1000")
     assert report["nodes"] == 1  # the other was lost
-    assert report["same_rows"] and report["rows_written"] == 30_000
-    assert report["duplicates"] == 0 and report["missing"] == 0

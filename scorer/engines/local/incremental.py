@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scorer.errors import UserError
-from scorer.io.source import Source
+from scorer.io.source import Source, is_text_type
 from scorer.runtime.output import (
     META_ID_COLUMN,
     META_TEXT_COLUMNS,
@@ -57,11 +57,15 @@ def id_keys(column: pa.Array | pa.ChunkedArray, name: str) -> np.ndarray:
     kind = column.type
     if pa.types.is_integer(kind):
         return column.to_numpy().astype(np.int64).view(np.uint64)
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+    if _is_text_id(kind):
         if pa.types.is_string_view(kind):
             column = column.cast(pa.large_string())
         return row_hashes(TextColumns((column,)))
     raise UserError(f"--id-col {name}: ids must be integers or text, the column is {kind}")
+
+
+def _is_text_id(kind: pa.DataType) -> bool:
+    return is_text_type(kind) and not pa.types.is_null(kind)
 
 
 def check_id_column(source: Source, name: str) -> None:
@@ -71,12 +75,7 @@ def check_id_column(source: Source, name: str) -> None:
             f"(columns: {', '.join(source.schema.names)})"
         )
     kind = source.schema.field(name).type
-    if not (
-        pa.types.is_integer(kind)
-        or pa.types.is_string(kind)
-        or pa.types.is_large_string(kind)
-        or pa.types.is_string_view(kind)
-    ):
+    if not (pa.types.is_integer(kind) or _is_text_id(kind)):
         raise UserError(f"--id-col {name}: ids must be integers or text, the column is {kind}")
 
 
