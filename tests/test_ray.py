@@ -16,13 +16,25 @@ ray = pytest.importorskip("ray", reason="Ray Data is not installed (pip install 
 
 from scorer.cli import main  # noqa: E402
 from scorer.engines.local.run import RunJob, partial_dir  # noqa: E402
-from scorer.engines.ray.engine import Sizing, run_on_ray, size_pool, start_ray  # noqa: E402
+from scorer.engines.ray.engine import run_on_ray, start_ray  # noqa: E402
 from scorer.engines.ray.predictor import RatingPredictor  # noqa: E402
+from scorer.engines.ray.sizing import (  # noqa: E402
+    NodeCycle,
+    Sizing,
+    actor_nodes,
+    place_actors,
+    size_pool,
+)
 from scorer.errors import UserError  # noqa: E402
 from scorer.export.onnx_export import export_model  # noqa: E402
 from tests.helpers import make_model_dir  # noqa: E402
 
 KILL_MARKER = "SCORER_TEST_KILL_MARKER"
+MIB = 2**20
+NO_RETRIES = (
+    "read_retries", "score_retries", "write_retries", "units_retried", "actor_restarts",
+    "half_written_parts_removed",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +89,14 @@ def _job(model, reviews, out, **options) -> RunJob:
 
 
 class KillOnce(RatingPredictor):
-    """Kills its own actor process on its second batch, once per test (a marker file)."""
+    """Kills its own actor process once its second batch is scored, once per test (a marker
+    file): the batch's attempt was made and its result lost, as when a node dies."""
 
     calls = 0
 
     def __call__(self, batch):
         self.calls += 1
+        scored = super().__call__(batch)
         if self.calls == 2:
             try:
                 os.close(os.open(os.environ[KILL_MARKER], os.O_CREAT | os.O_EXCL))
@@ -90,7 +104,7 @@ class KillOnce(RatingPredictor):
                 pass
             else:
                 os.kill(os.getpid(), signal.SIGKILL)
-        return super().__call__(batch)
+        return scored
 
 
 def test_ray_output_equals_local_output_row_for_row(cluster, tmp_path, model, reviews, local):
@@ -102,6 +116,8 @@ def test_ray_output_equals_local_output_row_for_row(cluster, tmp_path, model, re
     manifest = json.loads(out.with_name("ray.parquet.manifest.json").read_text())
     assert manifest["engine"] == "ray" and manifest["rows"] == 4000
     assert manifest["model"]["file"] == "model.onnx" and manifest["actors"] == 2
+    assert manifest["retries"] == dict.fromkeys(NO_RETRIES, 0)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("part-")) == []
     assert not partial_dir(out).exists()
 
 
@@ -110,9 +126,15 @@ def test_a_killed_actor_is_restarted_and_the_output_is_complete(
 ):
     ray.cloudpickle.register_pickle_by_value(__import__(__name__))
     out = tmp_path / "ray.parquet"
-    run_on_ray(_job(model, reviews, out), predictor=KillOnce)
+    summary = run_on_ray(_job(model, reviews, out), predictor=KillOnce)
     assert cluster.exists()  # an actor really died
     assert _ray_output(out).equals(local)
+    retries = json.loads(out.with_name("ray.parquet.manifest.json").read_text())["retries"]
+    # The lost batch was scored again by the restarted actor; nothing was read or written twice.
+    assert retries["score_retries"] == retries["units_retried"] == 1, retries
+    assert retries["actor_restarts"] == 1 and retries["read_retries"] == 0, retries
+    assert retries["write_retries"] == 0 and summary.retried == 1
+    assert "1 Ray task(s) retried" in summary.line()
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "missing column"])
@@ -185,13 +207,15 @@ def _state(model, reviews) -> dict:
         ([16], 1, "cuda", None, Sizing(1, 1.0, 1.0, 1)),
         ([16], 8, "cuda", None, Sizing(8, 1.0, 1.0, 1)),
         ([4], 8, "cuda", None, Sizing(8, 0.375, 1.0, 1)),
-        # Several nodes: actors reserve no CPU (one fewer than the whole free CPUs), so the
-        # tasks always find one and a lost node's actor restarts anywhere.
-        ([1, 1], 0, "cpu", None, Sizing(1, 0.0, 0.0, 1)),
-        ([2, 1], 0, "cpu", None, Sizing(2, 0.0, 0.0, 1)),
-        ([1.5, 0.5], 0, "cpu", None, Sizing(1, 0.0, 0.0, 1)),
-        ([4, 4], 0, "cpu", 3, Sizing(3, 0.0, 0.0, 1)),
-        ([4, 4], 0, "cpu", None, Sizing(7, 0.0, 0.0, 1)),
+        # Several nodes: one fewer actor than the whole free CPUs, reserving no CPU (so the
+        # tasks always find one and a lost node's actors restart anywhere) and 1 MiB of
+        # memory (so that each stays on its planned node).
+        ([1, 1], 0, "cpu", None, Sizing(1, 0.0, 0.0, 1, MIB)),
+        ([2, 1], 0, "cpu", None, Sizing(2, 0.0, 0.0, 1, MIB)),
+        ([1.5, 0.5], 0, "cpu", None, Sizing(1, 0.0, 0.0, 1, MIB)),
+        ([4, 4], 0, "cpu", 3, Sizing(3, 0.0, 0.0, 1, MIB)),
+        ([4, 4], 0, "cpu", None, Sizing(7, 0.0, 0.0, 1, MIB)),
+        ([16] * 8, 0, "cpu", None, Sizing(127, 0.0, 0.0, 1, MIB)),
         ([4, 4], 2, "cuda", None, Sizing(2, 1.0, 1.0, 1)),
         ([1, 1], 4, "cuda", None, Sizing(4, 0.0, 1.0, 1)),
     ],
@@ -203,8 +227,36 @@ def test_the_pool_always_leaves_a_cpu_for_read_and_write_tasks(
     assert got == sizing
     whole = sum(int(c) for c in nodes)
     assert got.actors * got.cpus_per_actor <= max(whole - 1, 0) or whole < 2
-    if len(nodes) > 1:  # no fraction that could strand a whole-CPU task on every node
-        assert got.cpus_per_actor in (0.0, 1.0)
+    if len(nodes) > 1 and device == "cpu":  # nothing that could strand a task after a loss
+        assert got.cpus_per_actor == 0.0
+
+
+@pytest.mark.parametrize(
+    ("nodes", "actors", "counts"),
+    [
+        ([1, 1], 1, [0, 1]),  # the first largest node keeps its CPU for the tasks
+        ([2, 2], 3, [1, 2]),
+        ([16, 16], 31, [15, 16]),
+        ([16, 16], 4, [2, 2]),
+        ([16, 4, 8], 27, [15, 4, 8]),
+        ([16, 4, 8], 6, [3, 1, 2]),
+        ([1, 0.5], 1, [1, 0]),
+        ([1.9, 3.2], 3, [1, 2]),
+    ],
+)
+def test_actors_are_placed_by_each_nodes_whole_cpus(nodes, actors, counts) -> None:
+    assert place_actors(nodes, actors) == counts
+    order = actor_nodes({f"n{i}": c for i, c in enumerate(nodes)}, actors)
+    assert [order.count(f"n{i}") for i in range(len(nodes))] == counts
+    assert len(set(order[: sum(1 for c in counts if c)])) == sum(1 for c in counts if c)
+
+
+def test_each_new_actor_goes_softly_to_the_next_planned_node() -> None:
+    a, b = "a" * 56, "b" * 56  # node ids are 28 bytes in hex
+    cycle = NodeCycle([a, b])
+    strategies = [cycle()["scheduling_strategy"] for _ in range(3)]
+    assert [s.node_id for s in strategies] == [a, b, a]
+    assert all(s.soft for s in strategies)  # a lost node's actor restarts elsewhere
 
 
 @pytest.mark.parametrize(

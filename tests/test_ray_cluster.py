@@ -44,10 +44,12 @@ def test_scoring_on_an_existing_two_node_cluster_equals_the_local_engine(tmp_pat
     assert report["nodes"] == 2
     # The job left the cluster as it found it: every CPU free, no placement group, and alive
     # only Ray Data's own named service actors (one each per cluster, 0 CPU, such as
-    # "_StatsActor:datasets_stats_actor"), none of the job's pool (unnamed "_MapWorker").
+    # "_StatsActor:datasets_stats_actor"), none of the job's pool (unnamed
+    # "MapWorker(MapBatches(...))").
     assert report["free_cpus_after"] == 2 and report["placement_groups_after"] == 0
     assert report["live_actors_after"], report
     assert all(not a.endswith(":") for a in report["live_actors_after"]), report
+    assert set(report["retries"].values()) == {0}, report["retries"]  # nothing was lost
 
 
 @pytest.mark.cluster_long
@@ -61,7 +63,13 @@ def test_a_killed_driver_resumes_on_the_same_cluster(tmp_path) -> None:
 
 @pytest.mark.cluster_long
 def test_a_lost_worker_node_still_gives_every_row_once(tmp_path) -> None:
-    """A worker node's processes are killed once 3 parts are written; the run ends with
-    every row once, equal to the local engine's."""
-    report = _on_cluster(tmp_path, 30_000, 5, "--case", "node-loss", "--chunk-rows", "1000")
-    assert report["nodes"] == 1  # the other was lost
+    """The processes of a worker node that hosts pool actors are killed once 3 parts are
+    written (2 CPUs a node: 3 actors, spread over both); the run ends with every row once,
+    equal to the local engine's, and its manifest counts what ran again."""
+    report = _on_cluster(
+        tmp_path, 30_000, 5, "--case", "node-loss", "--chunk-rows", "1000", "--cpus-per-node", "2"
+    )
+    assert report["nodes"] == 1 and report["free_cpus_after"] == 2  # the other was lost
+    assert report["fault"]["actors_on_lost_node"] >= 1, report["fault"]
+    retries = report["retries"]
+    assert retries["actor_restarts"] + retries["units_retried"] >= 1, retries

@@ -70,6 +70,7 @@ class RunSummary:
     counts: Counts | None = None  # with --since: rows reused, edited and new
     profile: Profile | None = None
     drift: Drift | None = None
+    retried: int = 0  # Ray: task attempts beyond the first (lost actors or nodes)
 
     @property
     def rows_per_s(self) -> float:
@@ -80,6 +81,8 @@ class RunSummary:
             return f"{self.out} is already complete ({self.rows:,} rows); nothing to resume"
         resumed = f" ({self.resumed_rows:,} from an earlier run)" if self.resumed_rows else ""
         lossy = f"; {self.lossy_rows:,} rows had invalid UTF-8" if self.lossy_rows else ""
+        if self.retried:
+            lossy += f"; {self.retried:,} Ray task(s) retried"
         if self.counts is not None:
             c = self.counts
             resumed += (

@@ -1,5 +1,6 @@
 """The Ray engine: a predictor class for ``Dataset.map_batches`` and the reader of read units
-(``predictor``), ``scorer run --engine ray`` (``engine``), and its output directory (``output``).
+(``predictor``), ``scorer run --engine ray`` (``engine``), the pool's size and placement
+(``sizing``), its output directory (``output``) and the attempts it counts (``attempts``).
 
     import ray, scorer.engines.ray as sr
     model = ray.put(sr.ModelBundle.read("model/"))

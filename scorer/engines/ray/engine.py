@@ -13,17 +13,16 @@ only the read units whose parts are not all there.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 import threading
 import time
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter
 from pathlib import Path
 
 from scorer.engines.local.run import RunJob, RunSummary, output_beside, partial_dir
+from scorer.engines.ray import attempts
 from scorer.engines.ray.output import (
     already_complete,
     lossy_in_parts,
@@ -33,6 +32,7 @@ from scorer.engines.ray.output import (
     write_parts,
 )
 from scorer.engines.ray.predictor import ModelBundle, RatingPredictor, read_reviews
+from scorer.engines.ray.sizing import NodeCycle, actor_nodes, free_cpus_per_node, size_pool
 from scorer.errors import UserError
 from scorer.io.files import lock_output
 from scorer.io.source import (
@@ -48,82 +48,6 @@ from scorer.runtime.output import trusted_parts
 # A pipeline that makes no progress this long is stuck (e.g. a cluster without the resources
 # the pool asked for): fail it with Ray's timeout error rather than hang a nightly job.
 NO_PROGRESS_TIMEOUT_S = 900
-# How long a run waits at its start for CPUs that a job just ended is still releasing.
-SETTLE_S = 10.0
-
-
-@dataclass(frozen=True)
-class Sizing:
-    actors: int
-    cpus_per_actor: float
-    gpus_per_actor: float
-    threads: int
-
-
-def size_pool(node_cpus: Sequence[float], gpus: float, device: str, workers: int | None) -> Sizing:
-    """Actors and what each asks for, from the free CPUs of each node, so that read and
-    write tasks (1 CPU each) always find a whole CPU on some node.
-
-    A pool whose actors hold every CPU deadlocks the pipeline: the first read task never gets
-    a CPU (ray-project/ray#44687; measured here: 2 actors x 1 CPU on a 2-CPU instance hang,
-    2 x 0.5 run). On several nodes Ray Data spreads the actors, so fractional actors can
-    leave every node short of a whole CPU (seen: 2 nodes x 1 CPU, a 0.5-CPU actor on each,
-    the read task pending forever); whole-CPU actors stall instead when a node is lost (the
-    restarted actor takes the CPU the tasks need). So there actors reserve no CPU: one fewer
-    than the whole free CPUs, the tasks always schedule, and a lost node's actor restarts on
-    any node.
-    """
-    whole = [math.floor(c + 1e-9) for c in node_cpus]
-    free = sum(whole)
-    if free < 1:
-        shown = ", ".join(f"{c:g}" for c in node_cpus) or "none"
-        raise UserError(
-            f"the Ray cluster has no whole free CPU on any node (free CPUs per node: {shown}); "
-            "scorer needs one for its read and write tasks"
-        )
-    one_node = len(node_cpus) == 1
-    cpus = float(node_cpus[0]) if one_node else float(free)
-    if device == "cuda":
-        if gpus < 1:
-            raise UserError("--device cuda: the Ray cluster has no GPU")
-        actors = min(workers or int(gpus), int(gpus))
-        if one_node:
-            per_cpu = min(1.0, max(cpus - 1.0, 0.0) / actors)
-        else:
-            per_cpu = 1.0 if free - 1 >= actors else 0.0
-        return Sizing(actors, per_cpu, 1.0, 1)
-    if not one_node:
-        cap = max(free - 1, 1)
-        return Sizing(min(workers or cap, cap), 0.0, 0.0, 1)
-    per_cpu = 1.0 if cpus >= 3 else (0.5 if cpus >= 2 else 0.0)
-    cap = max(1, math.floor((cpus - 1) / per_cpu)) if per_cpu else 1
-    actors = min(workers or cap, cap)
-    return Sizing(actors, per_cpu, 0.0, max(1, math.floor(per_cpu)))
-
-
-def free_cpus_per_node(ray, settle_s: float = SETTLE_S) -> list[float]:
-    """Each alive node's free CPUs before this job asks for any. Waits up to ``settle_s``
-    for them to reach the nodes' totals: a job that just ended may still be releasing its
-    actors; on a cluster busy with other work, what is free after that is what counts."""
-    try:
-        from ray._private.state import (
-            available_resources_per_node,
-            total_resources_per_node,
-        )
-    except ImportError:
-        return _node_totals(ray)
-    deadline = time.monotonic() + settle_s
-    while True:
-        try:
-            per_node = available_resources_per_node()
-            totals = total_resources_per_node()
-        except Exception:  # Ray Client (ray://): these need a local worker
-            return _node_totals(ray)
-        free = {k: float(r.get("CPU", 0.0)) for k, r in per_node.items()}
-        total = {k: float(r.get("CPU", 0.0)) for k, r in totals.items()}
-        if all(free.get(k, 0.0) >= c for k, c in total.items()) or time.monotonic() > deadline:
-            return list(free.values())
-        time.sleep(0.25)
 
 
 def start_ray(address: str | None):
@@ -163,9 +87,22 @@ def _unwrap(error: BaseException) -> BaseException:
 
 
 def _pipeline(
-    dataset, ray, bundle, device, job, text_columns, keep, sizing, predictor, decoded_lossily
+    dataset,
+    ray,
+    bundle,
+    device,
+    job,
+    text_columns,
+    keep,
+    sizing,
+    predictor,
+    decoded_lossily,
+    attempts_dir,
+    placed,
 ):
-    """Read units -> the predictor's actor pool (what each actor asks for: ``sizing``)."""
+    """Read units -> the predictor's actor pool (what each actor asks for: ``sizing``; on
+    several nodes, where each goes: ``placed``)."""
+    spread = {"ray_remote_args_fn": NodeCycle(placed)} if placed else {}
     return dataset.map_batches(
         predictor,
         fn_constructor_kwargs={
@@ -179,16 +116,19 @@ def _pipeline(
             "chunk_rows": job.chunk_rows,
             "report_lossy": True,
             "decoded_lossily": decoded_lossily,
+            "attempts_dir": attempts_dir,
         },
         compute=ray.data.ActorPoolStrategy(size=sizing.actors),
         num_cpus=sizing.cpus_per_actor,
         num_gpus=sizing.gpus_per_actor,
+        memory=sizing.memory_per_actor or None,
         batch_size=None,
         batch_format="pyarrow",
         # Ray Data's defaults today; set so that a killed actor is always restarted and its
         # batch retried, whatever the defaults become.
         max_restarts=-1,
         max_task_retries=-1,
+        **spread,
     )
 
 
@@ -232,21 +172,26 @@ def run_on_ray(
     parts_dir = partial_dir(out)
     with lock_output(parts_dir, label=out, directory=True):
         units = pending_units(job, parts_dir, source, model_dir)
+        attempts.clear(parts_dir)  # an interrupted run's attempts are not this run's
         ray = start_ray(address)
         resources = ray.cluster_resources()
         device = _device(job, resources)
         graph = _graph(model_dir, device, job.precision)
-        node_cpus = free_cpus_per_node(ray)
+        free = free_cpus_per_node(ray)
+        node_cpus = list(free.values())
         sizing = size_pool(node_cpus, resources.get("GPU", 0.0), device, job.workers)
+        placed = actor_nodes(free, sizing.actors) if len(free) > 1 and device == "cpu" else []
         bundle = ray.put(ModelBundle.read(model_dir))
         columns = list(dict.fromkeys([*keep, *text_columns]))
+        shared = str(parts_dir)
         with warnings.catch_warnings():
-            # Passing max_restarts / max_task_retries explicitly is reported as deprecated
-            # (the named parameters that replace them do not exist yet in 2.60).
+            # Passing max_restarts / max_task_retries explicitly, and ray_remote_args_fn, is
+            # reported as deprecated (nothing replaces them yet in 2.60; pinned below 2.64).
             warnings.simplefilter("ignore", DeprecationWarning)
             scored = _pipeline(
-                read_reviews(source, columns, text_columns, units=units), ray, bundle, device, job,
-                text_columns, keep, sizing, predictor, source.kind == "csv",
+                read_reviews(source, columns, text_columns, units=units, attempts_dir=shared),
+                ray, bundle, device, job, text_columns, keep, sizing, predictor,
+                source.kind == "csv", shared, placed,
             )  # fmt: skip
         written = scored.map_batches(
             write_parts,
@@ -269,6 +214,12 @@ def run_on_ray(
                     f"per node at the start: {', '.join(f'{c:g}' for c in node_cpus)}"
                 ) from None
             raise
+        # Every task of the run has ended: what a dead writer left is no longer being written.
+        retries = {
+            **attempts.tally(parts_dir),
+            "half_written_parts_removed": attempts.remove_half_written(parts_dir),
+        }
+        attempts.clear(parts_dir)
         trusted, stale = trusted_parts(parts_dir)
         covered = trusted[-1].end if trusted else 0
         if stale or covered != total:
@@ -286,14 +237,11 @@ def run_on_ray(
         model=f"{model_dir.name}/{graph[0]}",
         resumed_rows=total - sum(int(u["rows"]) for u in units),
         lossy_rows=lossy,
+        retried=sum(retries[f"{stage}_retries"] for stage in attempts.STAGES),
     )
-    write_manifest(job, out, files, model_dir, summary, sizing, graph)
+    per_node = sorted(Counter(placed).values(), reverse=True) if placed else [sizing.actors]
+    write_manifest(job, out, files, model_dir, summary, sizing, graph, retries, per_node)
     return summary
-
-
-def _node_totals(ray) -> list[float]:
-    """Each alive node's CPUs (``ray.nodes()`` works through Ray Client too)."""
-    return [float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
 
 
 def _no_progress_s(ray) -> float:

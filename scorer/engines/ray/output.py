@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from scorer import __version__
 from scorer.engines.local.run import RunJob, RunSummary, manifest_path
+from scorer.engines.ray import attempts
 from scorer.engines.ray.predictor import LOSSY, read_units
 from scorer.errors import UserError
 from scorer.io.files import atomic_write_text, fsync_dir, publish_dir
@@ -37,6 +38,8 @@ def write_parts(batch: pa.Table, directory: str) -> pa.Table:
     lossy = batch.column(LOSSY).to_numpy(zero_copy_only=False)
     table = batch.drop_columns([LOSSY])
     rows = table.column("row").to_numpy()
+    if len(rows):
+        attempts.record(directory, "write", int(rows[0]))
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
     starts, ends, counts = [], [], []
     for lo, hi in zip(np.r_[0, breaks], np.r_[breaks, len(rows)], strict=True):
@@ -149,7 +152,17 @@ def publish(parts_dir: Path, out: Path, overwrite: bool) -> None:
     fsync_dir(out.parent)
 
 
-def write_manifest(job, out: Path, files, model_dir: Path, summary: RunSummary, sizing, graph):
+def write_manifest(
+    job,
+    out: Path,
+    files,
+    model_dir: Path,
+    summary: RunSummary,
+    sizing,
+    graph,
+    retries: dict,
+    actors_per_node: list[int],
+):
     manifest = {
         "scorer_version": __version__,
         "engine": "ray",
@@ -164,11 +177,14 @@ def write_manifest(job, out: Path, files, model_dir: Path, summary: RunSummary, 
         "device": summary.device,
         "provider": summary.provider,
         "actors": sizing.actors,
+        "actors_per_node": actors_per_node,  # as planned, largest first
         "cpus_per_actor": sizing.cpus_per_actor,
         "gpus_per_actor": sizing.gpus_per_actor,
         "rows": summary.rows,
         "resumed_rows": summary.resumed_rows,
         "lossy_utf8_rows": summary.lossy_rows,
+        # this run's attempts beyond each read unit's first (a resumed run counts its own)
+        "retries": retries,
         "seconds": summary.seconds,
         "rows_per_s": summary.rows_per_s,
         "pid": os.getpid(),

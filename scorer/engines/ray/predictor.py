@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from scorer.engines.ray import attempts
 from scorer.io.source import Source, open_source
 from scorer.runtime.model_dir import CONFIG, FINGERPRINT, VOCAB, ModelDir
 
@@ -90,6 +91,7 @@ class RatingPredictor:
         chunk_rows: int = 50_000,
         report_lossy: bool = False,
         decoded_lossily: bool = False,
+        attempts_dir: str | None = None,
     ) -> None:
         from scorer.runtime.output import OutputSpec
         from scorer.runtime.scoring import open_model
@@ -107,6 +109,9 @@ class RatingPredictor:
         self.decoded_lossily = decoded_lossily  # CSV input: count the rows holding U+FFFD
         self._spec: OutputSpec | None = None
         self._OutputSpec = OutputSpec
+        self.attempts_dir = attempts_dir  # where each batch's attempt is recorded (the engine's)
+        if attempts_dir is not None and _reconstructed():
+            attempts.record_restart(attempts_dir)
 
     @property
     def device(self) -> str:
@@ -123,6 +128,8 @@ class RatingPredictor:
                 kept, self.model.card, self.model.scorer, text_columns=tuple(self.text_columns)
             )
         rows = batch.column(ROW).to_numpy() if ROW in batch.column_names else None
+        if rows is not None and len(rows):
+            attempts.record(self.attempts_dir, "score", int(rows[0]))
         outputs, lossy = [], []
         # Slices of chunk_rows bound the ids matrix however large a block is.
         for start in range(0, max(batch.num_rows, 1), self.chunk_rows):
@@ -145,6 +152,13 @@ class RatingPredictor:
         if self.report_lossy:
             table = table.append_column(LOSSY, pa.array(np.concatenate(lossy)))
         return table
+
+
+def _reconstructed() -> bool:
+    """Whether this process is a Ray actor restarted after its first process died."""
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
 
 
 def _large(field: pa.Field) -> pa.Field:
@@ -172,12 +186,17 @@ def read_units(source: Source, unit_rows: int) -> list[dict[str, object]]:
 
 
 def read_unit_batch(
-    units: pa.Table, source: Source, columns: Sequence[str], text_columns: Sequence[str]
+    units: pa.Table,
+    source: Source,
+    columns: Sequence[str],
+    text_columns: Sequence[str],
+    attempts_dir: str | None = None,
 ) -> pa.Table:
     """Read units (a map_batches task): their columns through the input's ``Source``, plus
     ``ROW``."""
     tables = []
     for unit in units.to_pylist():
+        attempts.record(attempts_dir, "read", unit["start"])
         table = source.read_range(unit["file"], unit["begin"], unit["rows"], columns, text_columns)
         start = unit["start"]
         positions = pa.array(np.arange(start, start + table.num_rows, dtype=np.int64))
@@ -192,16 +211,23 @@ def read_reviews(
     *,
     units: list[dict[str, object]] | None = None,
     unit_rows: int = 50_000,
+    attempts_dir: str | None = None,
 ):
     """A Ray Dataset of the input's ``columns`` plus ``ROW``, one block per read unit
-    (``units``: only these, e.g. those a resumed run still needs)."""
+    (``units``: only these, e.g. those a resumed run still needs; ``attempts_dir``: where
+    each read attempt is recorded, see ``scorer.engines.ray.attempts``)."""
     import ray.data
 
     source = open_source(source) if isinstance(source, str) else source
     units = read_units(source, unit_rows) if units is None else units
     return ray.data.from_items(units, override_num_blocks=max(len(units), 1)).map_batches(
         read_unit_batch,
-        fn_kwargs={"source": source, "columns": list(columns), "text_columns": list(text_columns)},
+        fn_kwargs={
+            "source": source,
+            "columns": list(columns),
+            "text_columns": list(text_columns),
+            "attempts_dir": attempts_dir,
+        },
         batch_format="pyarrow",
         batch_size=None,
     )
