@@ -60,7 +60,7 @@ def tonight(last: Path, out: Path, *, new: float, edited: float, deleted: float,
         fresh = (
             pl.scan_parquet(last)
             .with_row_index("position")
-            .filter(pl.col("position").is_in(pl.Series(picked, dtype=pl.UInt32)))
+            .filter(pl.col("position").is_in(pl.Series(picked, dtype=pl.UInt32).implode()))
             .drop("position")
             .collect()
             .with_columns(review_id=pl.int_range(total, total + len(picked), dtype=pl.Int64))
