@@ -299,6 +299,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if os.environ.get(INSIDE) != "1":
         prefix = namespace_prefix()
         if prefix is None:

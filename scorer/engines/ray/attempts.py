@@ -17,7 +17,9 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-ATTEMPTS = "attempts"  # a folder in the parts directory, removed before the output is published
+# A folder in the parts directory, removed before the output is published; its leading "_"
+# keeps Parquet dataset readers off it should a late actor restart write there afterwards.
+ATTEMPTS = "_attempts"
 STAGES = ("read", "score", "write")
 RESTART = "restart"
 
@@ -60,7 +62,8 @@ def tally(parts_dir: Path) -> dict[str, int]:
 
 
 def clear(parts_dir: Path) -> None:
-    shutil.rmtree(parts_dir / ATTEMPTS, ignore_errors=True)
+    if (parts_dir / ATTEMPTS).exists():
+        shutil.rmtree(parts_dir / ATTEMPTS)
 
 
 def remove_half_written(parts_dir: Path) -> int:

@@ -210,6 +210,7 @@ def run_on_ray(
                     f"the Ray pipeline made no progress for {_no_progress_s(ray):g} s: it "
                     f"needs {sizing.actors} actor(s) x {sizing.cpus_per_actor:g} CPU"
                     f"{f' + {sizing.gpus_per_actor:g} GPU' if sizing.gpus_per_actor else ''}"
+                    f"{' + 1 MiB of memory' if sizing.memory_per_actor else ''}"
                     " and a whole free CPU on some node for read and write tasks; free CPUs "
                     f"per node at the start: {', '.join(f'{c:g}' for c in node_cpus)}"
                 ) from None
@@ -239,7 +240,12 @@ def run_on_ray(
         lossy_rows=lossy,
         retried=sum(retries[f"{stage}_retries"] for stage in attempts.STAGES),
     )
-    per_node = sorted(Counter(placed).values(), reverse=True) if placed else [sizing.actors]
+    # As planned; None where Ray places the actors (several nodes with CUDA).
+    per_node = (
+        sorted(Counter(placed).values(), reverse=True)
+        if placed
+        else ([sizing.actors] if len(free) == 1 else None)
+    )
     write_manifest(job, out, files, model_dir, summary, sizing, graph, retries, per_node)
     return summary
 

@@ -161,7 +161,7 @@ def write_manifest(
     sizing,
     graph,
     retries: dict,
-    actors_per_node: list[int],
+    actors_per_node: list[int] | None,
 ):
     manifest = {
         "scorer_version": __version__,
