@@ -80,9 +80,9 @@ class RunSummary:
         if self.already_complete:
             return f"{self.out} is already complete ({self.rows:,} rows); nothing to resume"
         resumed = f" ({self.resumed_rows:,} from an earlier run)" if self.resumed_rows else ""
-        lossy = f"; {self.lossy_rows:,} rows had invalid UTF-8" if self.lossy_rows else ""
+        notes = f"; {self.lossy_rows:,} rows had invalid UTF-8" if self.lossy_rows else ""
         if self.retried:
-            lossy += f"; {self.retried:,} Ray task(s) retried"
+            notes += f"; {self.retried:,} Ray task(s) retried"
         if self.counts is not None:
             c = self.counts
             resumed += (
@@ -92,7 +92,7 @@ class RunSummary:
         return (
             f"scored {self.rows:,} rows{resumed} in {self.seconds:.1f}s "
             f"({self.rows_per_s:,.0f} rows/s) on {self.device} ({self.precision}) with "
-            f"{self.model} -> {self.out}{lossy}"
+            f"{self.model} -> {self.out}{notes}"
         )
 
 
